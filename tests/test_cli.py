@@ -41,7 +41,7 @@ def test_prompt_from_stdin(smol):
 @pytest.mark.parametrize("args,message", [
     (["   "], "prompt is empty"),
     (["hi", "--max-tokens", "0"], "max_tokens must be an integer >= 1"),
-    (["hi", "--temperature", "-1"], "temperature must be >= 0"),
+    (["hi", "--temperature", "-1"], "temperature must be a finite number >= 0"),
     (["hi", "--model", "/no/such/model/dir"], "/no/such/model/dir"),
 ])
 def test_bad_input_is_a_clear_error(args, message):

@@ -7,7 +7,7 @@ __all__ = ['token_slots', 'store_kvcache_reference', 'store_kvcache', 'gather_kv
            'paged_decode_reference', 'paged_prefill_attention', 'flash_varlen_attention', 'paged_decode_attention',
            'reference_backend', 'triton_backend', 'default_backend']
 
-# %% ../../nbs/06_paged_attention.ipynb #ad0c7f1e
+# %% ../../nbs/06_paged_attention.ipynb #22010379
 import math
 from functools import cache
 from typing import Callable
@@ -26,7 +26,7 @@ except ImportError:  # PyTorch wheels for macOS and Windows come without Triton:
     triton, tl = SimpleNamespace(jit=lambda fn: fn), SimpleNamespace(constexpr=None)
     HAS_TRITON = False
 
-# %% ../../nbs/06_paged_attention.ipynb #b453101d
+# %% ../../nbs/06_paged_attention.ipynb #ebbf3f9a
 def token_slots(block_table:Tensor, # [max_blocks] physical block ids of one sequence (-1 padded)
                 positions:Tensor,   # [N] logical positions of tokens within that sequence
                 block_size:int,     # tokens per block
@@ -34,7 +34,7 @@ def token_slots(block_table:Tensor, # [max_blocks] physical block ids of one seq
     "The cache slots that hold the tokens at `positions` of the sequence owning `block_table`."
     return block_table[positions // block_size].long() * block_size + positions % block_size
 
-# %% ../../nbs/06_paged_attention.ipynb #8b09b4ea
+# %% ../../nbs/06_paged_attention.ipynb #301edc20
 def store_kvcache_reference(k:Tensor,            # [T, num_kv_heads, head_dim] new keys
                             v:Tensor,            # [T, num_kv_heads, head_dim] new values
                             k_cache:Tensor,      # [num_blocks, block_size, num_kv_heads, head_dim]
@@ -47,7 +47,7 @@ def store_kvcache_reference(k:Tensor,            # [T, num_kv_heads, head_dim] n
     k_cache.view(-1, *k_cache.shape[2:])[slots] = k[keep]
     v_cache.view(-1, *v_cache.shape[2:])[slots] = v[keep]
 
-# %% ../../nbs/06_paged_attention.ipynb #d51d4418
+# %% ../../nbs/06_paged_attention.ipynb #9d20558e
 def _interpreted(kernel) -> bool:
     "True when `kernel` was decorated under TRITON_INTERPRET=1 (runs on the CPU, one program at a time)."
     return not isinstance(kernel, triton.runtime.JITFunction)
@@ -58,7 +58,7 @@ def _check_triton(kernel, x:Tensor):
         raise ValueError("Triton kernels need CUDA tensors; on a CPU set TRITON_INTERPRET=1 before importing "
                          "nanolearn.layers.paged_attention, or use reference_backend")
 
-# %% ../../nbs/06_paged_attention.ipynb #7d13a8e3
+# %% ../../nbs/06_paged_attention.ipynb #59cf080f
 @triton.jit
 def _store_kvcache_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_mapping_ptr,
@@ -80,7 +80,7 @@ def _store_kvcache_kernel(
     tl.store(k_cache_ptr + dst, k, mask=mask)
     tl.store(v_cache_ptr + dst, v, mask=mask)
 
-# %% ../../nbs/06_paged_attention.ipynb #480b4849
+# %% ../../nbs/06_paged_attention.ipynb #5b73af0b
 def _check_cache(k_cache:Tensor, v_cache:Tensor):
     if k_cache.dim() != 4: raise ValueError(f"k_cache must be [num_blocks, block_size, num_kv_heads, head_dim], got {tuple(k_cache.shape)}")
     if k_cache.shape != v_cache.shape or k_cache.stride() != v_cache.stride() or k_cache.dtype != v_cache.dtype:
@@ -110,7 +110,7 @@ def store_kvcache(k:Tensor,            # [T, num_kv_heads, head_dim] new keys (l
         k_cache.shape[1], num_kv_heads, head_dim,
         BLOCK_H=triton.next_power_of_2(num_kv_heads), BLOCK_D=triton.next_power_of_2(head_dim))
 
-# %% ../../nbs/06_paged_attention.ipynb #9c757712
+# %% ../../nbs/06_paged_attention.ipynb #166c9e7c
 def gather_kv(k_cache:Tensor,     # [num_blocks, block_size, num_kv_heads, head_dim]
               v_cache:Tensor,     # same shape
               block_table:Tensor, # [max_blocks] physical block ids of one sequence (-1 padded)
@@ -120,7 +120,7 @@ def gather_kv(k_cache:Tensor,     # [num_blocks, block_size, num_kv_heads, head_
     slots = token_slots(block_table, torch.arange(length, device=block_table.device), k_cache.shape[1])
     return k_cache.view(-1, *k_cache.shape[2:])[slots], v_cache.view(-1, *v_cache.shape[2:])[slots]
 
-# %% ../../nbs/06_paged_attention.ipynb #7d3ac1d7
+# %% ../../nbs/06_paged_attention.ipynb #2bee1b31
 def paged_prefill_reference(q:Tensor,            # [Tq, num_heads, head_dim] queries of the new tokens, packed
                             k_cache:Tensor,      # [num_blocks, block_size, num_kv_heads, head_dim]
                             v_cache:Tensor,      # same shape
@@ -147,7 +147,7 @@ def paged_decode_reference(q:Tensor,            # [B, num_heads, head_dim] one q
     cu_seqlens_k = torch.nn.functional.pad(context_lens.cumsum(0, dtype=torch.int32), (1, 0))
     return paged_prefill_reference(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, block_tables, scale)
 
-# %% ../../nbs/06_paged_attention.ipynb #55774688
+# %% ../../nbs/06_paged_attention.ipynb #001a9252
 @triton.jit
 def _paged_rows(block_table_ptr, positions, mask, block_size, stride_block, stride_slot):
     "Offsets of the cache rows that hold the keys at `positions` of the sequence owning `block_table_ptr`."
@@ -164,13 +164,14 @@ def _online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION: tl.constexpr):
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
 
-# %% ../../nbs/06_paged_attention.ipynb #82858029
+# %% ../../nbs/06_paged_attention.ipynb #ee15b4c1
 @triton.jit
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, cu_seqlens_q_ptr, cu_seqlens_k_ptr, block_tables_ptr,
     qk_scale,                                          # softmax scale * log2(e)
     stride_q_tok, stride_q_head, stride_o_tok, stride_o_head,
-    stride_kv_row, stride_kv_slot, stride_kv_head,     # PAGED: cache (block, slot, head); else packed k/v (token, -, head)
+    stride_kv_row, stride_kv_slot, stride_kv_head,     # PAGED: cache (block, slot, head); else packed k (token, -, head)
+    stride_v_row, stride_v_head,                       # packed v (token, head), which may be a view into a fused QKV
     stride_bt, block_size, group_size, head_dim,
     PAGED: tl.constexpr, UPCAST_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -201,14 +202,17 @@ def _prefill_kernel(
     for n_start in range(0, k_end, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < k_end
-        if PAGED:
-            rows = _paged_rows(block_tables_ptr + seq * stride_bt, offs_n, n_mask, block_size, stride_kv_row, stride_kv_slot)
+        if PAGED:  # the K and V caches share one layout
+            k_rows = _paged_rows(block_tables_ptr + seq * stride_bt, offs_n, n_mask, block_size, stride_kv_row, stride_kv_slot)
+            k_offsets = k_rows[:, None] + kv_head * stride_kv_head + offs_d[None, :]
+            v_offsets = k_offsets
         else:
-            rows = (k_start + offs_n).to(tl.int64) * stride_kv_row
-        kv_offsets = rows[:, None] + kv_head * stride_kv_head + offs_d[None, :]
+            tokens = (k_start + offs_n).to(tl.int64)
+            k_offsets = (tokens * stride_kv_row)[:, None] + kv_head * stride_kv_head + offs_d[None, :]
+            v_offsets = (tokens * stride_v_row)[:, None] + kv_head * stride_v_head + offs_d[None, :]
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        k = tl.load(k_ptr + k_offsets, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + v_offsets, mask=kv_mask, other=0.0)
         if UPCAST_DOT:
             k, v = k.to(tl.float32), v.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -220,7 +224,7 @@ def _prefill_kernel(
     tl.store(o_ptr + (q_start + offs_m)[:, None] * stride_o_tok + head * stride_o_head + offs_d[None, :],
              o.to(o_ptr.dtype.element_ty), mask=q_mask)
 
-# %% ../../nbs/06_paged_attention.ipynb #dd5477d9
+# %% ../../nbs/06_paged_attention.ipynb #ab78ecaa
 def _prefill_config(interpreted:bool) -> dict:
     if interpreted: return dict(BLOCK_M=16, BLOCK_N=16)
     return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
@@ -240,7 +244,8 @@ def _launch_prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, block_tables, scale, ma
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[-2]
     if cu_seqlens_q.shape != cu_seqlens_k.shape: raise ValueError("cu_seqlens_q and cu_seqlens_k must both be [B+1]")
-    if k.stride() != v.stride() or k.stride(-1) != 1: raise ValueError("k and v must share strides, head_dim contiguous")
+    if k.stride(-1) != 1 or v.stride(-1) != 1: raise ValueError("k and v need a contiguous head_dim")
+    if paged and k.stride() != v.stride(): raise ValueError("the K and V caches must share one layout")
     if out is not None and out.shape != q.shape: raise ValueError(f"out must be {tuple(q.shape)}, got {tuple(out.shape)}")
     out = torch.empty_like(q) if out is None else out
     num_seqs = cu_seqlens_q.shape[0] - 1
@@ -254,12 +259,12 @@ def _launch_prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, block_tables, scale, ma
     _prefill_kernel[grid](
         q, k, v, out, cu_seqlens_q, cu_seqlens_k, block_tables if paged else cu_seqlens_q,
         scale * 1.4426950408889634,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1), *strides,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), *strides, v.stride(0), v.stride(-2),
         block_tables.stride(0) if paged else 0, k.shape[1] if paged else 1, num_heads // num_kv_heads, head_dim,
         PAGED=paged, **_dot_options(interpreted, q.dtype), BLOCK_D=triton.next_power_of_2(head_dim), **cfg)
     return out
 
-# %% ../../nbs/06_paged_attention.ipynb #f68f8803
+# %% ../../nbs/06_paged_attention.ipynb #31201e81
 def paged_prefill_attention(q:Tensor,             # [Tq, num_heads, head_dim] queries of the new tokens, packed
                             k_cache:Tensor,       # [num_blocks, block_size, num_kv_heads, head_dim], new tokens already stored
                             v_cache:Tensor,       # same shape and strides
@@ -291,7 +296,7 @@ def flash_varlen_attention(q:Tensor,             # [Tq, num_heads, head_dim] pac
     _check_heads(q, k)
     return _launch_prefill(q, k, v, cu_seqlens_q, cu_seqlens_k, None, scale, max_seqlen_q, out)
 
-# %% ../../nbs/06_paged_attention.ipynb #c4cc440f
+# %% ../../nbs/06_paged_attention.ipynb #cc70e108
 @triton.jit
 def _decode_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, lse_ptr, context_lens_ptr, block_tables_ptr,
@@ -362,7 +367,7 @@ def _decode_reduce_kernel(
     o = tl.sum(weights[:, None] * partial, 0) / tl.where(total > 0, total, 1.0)  # context_len 0: o = 0
     tl.store(o_ptr + seq * stride_o_seq + head * stride_o_head + offs_d, o.to(o_ptr.dtype.element_ty), mask=offs_d < head_dim)
 
-# %% ../../nbs/06_paged_attention.ipynb #01d3d9aa
+# %% ../../nbs/06_paged_attention.ipynb #9f3e5d2b
 @cache
 def _num_sms(device:torch.device) -> int: return torch.cuda.get_device_properties(device).multi_processor_count
 
@@ -425,7 +430,7 @@ def paged_decode_attention(q:Tensor,            # [B, num_heads, head_dim] one q
             NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits), BLOCK_D=triton.next_power_of_2(head_dim))
     return out
 
-# %% ../../nbs/06_paged_attention.ipynb #e8e16cef
+# %% ../../nbs/06_paged_attention.ipynb #ed08be26
 def reference_backend(q:Tensor, k:Tensor, v:Tensor, k_cache:Tensor, v_cache:Tensor, ctx:Context, scale:float) -> Tensor:
     "KV cache and attention for one layer and step, in plain PyTorch (runs anywhere; the oracle for `triton_backend`)."
     if k_cache.numel() and ctx.slot_mapping is not None:
