@@ -7,6 +7,13 @@ __all__ = ['token_slots', 'store_kvcache_reference', 'store_kvcache', 'gather_kv
            'paged_decode_reference', 'paged_prefill_attention', 'flash_varlen_attention', 'paged_decode_attention',
            'reference_backend', 'triton_backend', 'default_backend']
 
+# %% ../../nbs/06_paged_attention.ipynb #3f5b6903
+# Triton decides between compiling and interpreting a kernel when it is *decorated*, so this must run before
+# any kernel below is defined: on a machine without CUDA the interpreter is the only way to run them (see
+# "Testing Triton kernels without a GPU").
+import os, torch
+if not torch.cuda.is_available(): os.environ["TRITON_INTERPRET"] = "1"
+
 # %% ../../nbs/06_paged_attention.ipynb #22010379
 import math
 from functools import cache
@@ -148,6 +155,16 @@ def paged_decode_reference(q:Tensor,            # [B, num_heads, head_dim] one q
     return paged_prefill_reference(q, k_cache, v_cache, cu_seqlens_q, cu_seqlens_k, block_tables, scale)
 
 # %% ../../nbs/06_paged_attention.ipynb #001a9252
+# Triton's own reductions (`tl.max`, `tl.sum`) and `tl.zeros` are themselves jitted functions, decorated when
+# `triton.language` is first imported. If anything imported it before the interpreter was switched on
+# (transformers' model code does), they are compiled-mode functions that an interpreted kernel cannot call. These
+# kernels therefore use `tl.full` and reduce with combine functions of their own, decorated here, after the switch.
+@triton.jit
+def _max_combine(a, b): return tl.maximum(a, b)
+
+@triton.jit
+def _sum_combine(a, b): return a + b
+
 @triton.jit
 def _paged_rows(block_table_ptr, positions, mask, block_size, stride_block, stride_slot):
     "Offsets of the cache rows that hold the keys at `positions` of the sequence owning `block_table_ptr`."
@@ -157,10 +174,10 @@ def _paged_rows(block_table_ptr, positions, mask, block_size, stride_block, stri
 @triton.jit
 def _online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION: tl.constexpr):
     "Fold one tile of scores `s` [M, N] (log2 units, -inf where masked) and values `v` [N, D] into (max, sum, acc)."
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.reduce(s, 1, _max_combine))
     alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old maximum
     p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
+    l_i = l_i * alpha + tl.reduce(p, 1, _sum_combine)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
 
@@ -196,8 +213,8 @@ def _prefill_kernel(
         q = q.to(tl.float32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, tl.float32)
     k_end = tl.minimum(k_len, causal_offset + (tile + 1) * BLOCK_M)  # causal early exit
     for n_start in range(0, k_end, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
@@ -324,8 +341,8 @@ def _decode_kernel(
         q = q.to(tl.float32)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    l_i = tl.full([BLOCK_G], 0.0, tl.float32)
+    acc = tl.full([BLOCK_G, BLOCK_D], 0.0, tl.float32)
     for n_start in range(n_begin, n_end, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < n_end
@@ -359,12 +376,12 @@ def _decode_reduce_kernel(
     s_mask = offs_s < NUM_SPLITS
     row = (seq * num_heads + head) * NUM_SPLITS + offs_s
     lse = tl.load(lse_ptr + row, mask=s_mask, other=float("-inf"))
-    lse_max = tl.maximum(tl.max(lse, 0), -1e30)  # finite even when every split is empty (context_len 0)
+    lse_max = tl.maximum(tl.reduce(lse, 0, _max_combine), -1e30)  # finite even when every split is empty (context_len 0)
     weights = tl.exp2(lse - lse_max)             # an empty split (L = -inf) weighs 0
-    total = tl.sum(weights, 0)
+    total = tl.reduce(weights, 0, _sum_combine)
     partial = tl.load(partial_ptr + row[:, None] * head_dim + offs_d[None, :],
                       mask=s_mask[:, None] & (offs_d < head_dim)[None, :], other=0.0)
-    o = tl.sum(weights[:, None] * partial, 0) / tl.where(total > 0, total, 1.0)  # context_len 0: o = 0
+    o = tl.reduce(weights[:, None] * partial, 0, _sum_combine) / tl.where(total > 0, total, 1.0)  # context_len 0: o = 0
     tl.store(o_ptr + seq * stride_o_seq + head * stride_o_head + offs_d, o.to(o_ptr.dtype.element_ty), mask=offs_d < head_dim)
 
 # %% ../../nbs/06_paged_attention.ipynb #9f3e5d2b
