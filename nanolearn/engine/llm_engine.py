@@ -96,7 +96,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _profile_free_cuda_memory(self) -> int:
-        "Run the largest step without a cache, then give the KV cache what the peak left unused."
+        "Run the largest step without a cache; the KV cache gets this engine's share of the GPU minus that peak."
         torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(self.device)
         n = self.args.max_num_batched_tokens
         cu = torch.tensor([0, n], dtype=torch.int32, device=self.device)
@@ -106,11 +106,11 @@ class ModelRunner:
             self.model.compute_logits(hidden[-self.args.max_num_seqs:])
         finally: reset_context()
         torch.cuda.synchronize(self.device)
-        free, total = torch.cuda.mem_get_info(self.device)
-        peak, current = torch.cuda.max_memory_allocated(self.device), torch.cuda.memory_allocated(self.device)
-        in_use_at_peak = (total - free) + (peak - current)
+        peak = torch.cuda.max_memory_allocated(self.device)  # weights + the largest step's activations
         del hidden; torch.cuda.empty_cache()
-        return int(total * self.args.gpu_memory_utilization - in_use_at_peak)
+        free, total = torch.cuda.mem_get_info(self.device)
+        share = total * self.args.gpu_memory_utilization - peak
+        return int(min(share, 0.95 * free))  # other processes may hold memory: never ask for more than is free
 
     def _allocate_kv_cache(self):
         cfg = self.hf_config
