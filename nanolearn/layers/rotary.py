@@ -90,16 +90,17 @@ class RotaryEmbedding(nn.Module):
 
 # %% ../../nbs/02_rotary.ipynb #addc2105
 @lru_cache(maxsize=8)
-def _cached_rope(head_dim:int, max_position:int, base:float, rope_scaling_json:str) -> RotaryEmbedding:
-    return RotaryEmbedding(head_dim, max_position, base, json.loads(rope_scaling_json))
+def _cached_rope(head_dim:int, max_position:int, base:float, rope_scaling_json:str, device:torch.device) -> RotaryEmbedding:
+    with torch.device(device): return RotaryEmbedding(head_dim, max_position, base, json.loads(rope_scaling_json))
 
 def get_rope(head_dim:int,                 # channels per head
              max_position:int,             # positions 0..max_position-1 are cached
              base:float,                   # the "rope theta"
              rope_scaling:dict|None=None   # HF rope dict, as `rope_params` returns it
             ) -> RotaryEmbedding:
-    "The `RotaryEmbedding` for these arguments, built once and shared by every layer that asks for it."
-    return _cached_rope(head_dim, max_position, float(base), json.dumps(rope_scaling, sort_keys=True))
+    "The `RotaryEmbedding` for these arguments on the current default device, built once and shared by every layer."
+    # The device is part of the key: a process may build the same model on the CPU and then on a GPU.
+    return _cached_rope(head_dim, max_position, float(base), json.dumps(rope_scaling, sort_keys=True), torch.get_default_device())
 
 # %% ../../nbs/02_rotary.ipynb #feb9b67c
 def rope_params(config) -> tuple[float, dict|None]:
