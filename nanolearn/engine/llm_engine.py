@@ -113,11 +113,9 @@ class ModelRunner:
         return int(min(share, 0.95 * free))  # other processes may hold memory: never ask for more than is free
 
     def _allocate_kv_cache(self):
-        cfg = self.hf_config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
-        self.kv_cache = torch.empty(2, len(layers), self.num_blocks, self.block_size, layers[0].num_kv_heads, head_dim,
-                                    dtype=self.dtype, device=self.device)
+        shape = (self.num_blocks, self.block_size, layers[0].num_kv_heads, layers[0].head_dim)  # this rank's heads
+        self.kv_cache = torch.empty(2, len(layers), *shape, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(layers): layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
 
     def _slots(self, seq:Sequence, start:int, end:int) -> list[int]:
