@@ -31,10 +31,8 @@ def main(argv=None):
     try:
         params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
         llm = LLM(args.model, device=args.device, seed=args.seed)
-        tokenizer = llm.get_tokenizer()
-        if not args.no_chat and tokenizer.chat_template is not None:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False)
-            prompt = {"prompt": prompt, "prompt_token_ids": tokenizer(prompt, add_special_tokens=False)["input_ids"]}
+        if not args.no_chat and llm.get_tokenizer().chat_template is not None:
+            prompt = llm.chat_prompt([{"role": "user", "content": prompt}])
         for piece in llm.stream(prompt, params): print(piece, end="", flush=True)
     except (FileNotFoundError, ValueError) as e: sys.exit(f"nanolearn: {e}")
     print()

@@ -18,17 +18,22 @@ from .layers.linear import default_weight_loader, QKVParallelLinear, MergedColum
 from .layers.embed import VocabParallelEmbedding, ParallelLMHead
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'DecoderAttention', 'MLP', 'DecoderLayer', 'CausalLM', 'LlamaForCausalLM', 'Qwen2ForCausalLM',
-           'Qwen3ForCausalLM', 'load_config', 'model_class', 'load_model', 'default_dtype', 'get_model',
-           'naive_generate']
+__all__ = ['ARCHITECTURES', 'head_dim', 'DecoderAttention', 'MLP', 'DecoderLayer', 'CausalLM', 'LlamaForCausalLM',
+           'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'load_config', 'model_class', 'load_model', 'default_dtype',
+           'get_model', 'naive_generate']
 
 # %% ../nbs/05_models.ipynb #a8d64fe7
+def head_dim(config:PretrainedConfig) -> int:
+    "Channels per attention head: the config's `head_dim` (Qwen3 sets it), else hidden_size / heads."
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 class DecoderAttention(nn.Module):
     "Self-attention of one decoder layer: fused QKV, optional QK-norm, RoPE, attention, output projection."
     def __init__(self, config:PretrainedConfig, qkv_bias:bool, qk_norm:bool):
         super().__init__()
         total_heads, total_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // total_heads
+        self.head_dim = head_dim(config)
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, total_heads, total_kv_heads, bias=qkv_bias)
         qkv = self.qkv_proj  # it knows how many heads this rank holds
         self.num_heads, self.num_kv_heads, self.q_size, self.kv_size = qkv.num_heads, qkv.num_kv_heads, qkv.q_size, qkv.kv_size

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from ..hub import resolve_model
-from ..models import get_model, load_config, default_dtype
+from ..models import get_model, load_config, default_dtype, head_dim
 from ..layers.attention import Attention, set_context, reset_context
 from ..layers.paged_attention import default_backend
 from .sequence import Sequence
@@ -66,8 +66,7 @@ class EngineArgs:
 # %% ../../nbs/10_engine.ipynb #ff19b16b
 def kv_cache_block_bytes(hf_config, block_size:int, dtype:torch.dtype) -> int:
     "Bytes of keys and values for one block of `block_size` tokens in every layer."
-    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
-    return 2 * hf_config.num_hidden_layers * block_size * hf_config.num_key_value_heads * head_dim * dtype.itemsize
+    return 2 * hf_config.num_hidden_layers * block_size * hf_config.num_key_value_heads * head_dim(hf_config) * dtype.itemsize
 
 # %% ../../nbs/10_engine.ipynb #415732c6
 class ModelRunner:
@@ -440,13 +439,16 @@ class LLM:
         bar.close()
         return results
 
+    def chat_prompt(self, conversation:list[dict], add_generation_prompt:bool=True) -> dict:
+        "A conversation ([{'role', 'content'}, ...]) as a prompt, through the tokenizer's chat template."
+        template = self.engine.tokenizer.apply_chat_template
+        return {"prompt": template(conversation, add_generation_prompt=add_generation_prompt, tokenize=False),
+                "prompt_token_ids": _ids(template(conversation, add_generation_prompt=add_generation_prompt, tokenize=True))}
+
     def chat(self, messages, sampling_params=None, use_tqdm:bool=True, add_generation_prompt:bool=True) -> list[RequestOutput]:
         "One conversation (a list of {'role', 'content'} dicts) or a list of them, through the chat template."
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [{"prompt": self.engine.tokenizer.apply_chat_template(c, add_generation_prompt=add_generation_prompt, tokenize=False),
-                    "prompt_token_ids": _ids(self.engine.tokenizer.apply_chat_template(c, add_generation_prompt=add_generation_prompt, tokenize=True))}
-                   for c in conversations]
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate([self.chat_prompt(c, add_generation_prompt) for c in conversations], sampling_params, use_tqdm)
 
     def stream(self, prompt, sampling_params:SamplingParams|None=None):
         "Yield the text of one prompt's completion piece by piece as it is generated."
