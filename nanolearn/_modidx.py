@@ -475,5 +475,5 @@ d = { 'settings': { 'branch': 'main',
                                     'nanolearn.sampling.mix64': ('sampling.html#mix64', 'nanolearn/sampling.py'),
                                     'nanolearn.sampling.pad_token_ids': ('sampling.html#pad_token_ids', 'nanolearn/sampling.py'),
                                     'nanolearn.sampling.seeded_uniform': ('sampling.html#seeded_uniform', 'nanolearn/sampling.py'),
-                                    'nanolearn.sampling.to_device': ('sampling.html#to_device', 'nanolearn/sampling.py'),
-                                    'nanolearn.sampling.token_counts': ('sampling.html#token_counts', 'nanolearn/sampling.py')}}}
+                                    'nanolearn.sampling.token_counts': ('sampling.html#token_counts', 'nanolearn/sampling.py')},
+            'nanolearn.utils': {'nanolearn.utils.to_device': ('utils.html#to_device', 'nanolearn/utils.py')}}}

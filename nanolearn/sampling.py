@@ -8,12 +8,13 @@ import math, warnings
 from dataclasses import dataclass
 import torch
 from torch import Tensor
+from .utils import to_device
 
 # %% auto #0
-__all__ = ['SamplingParams', 'find_stop', 'to_device', 'pad_token_ids', 'token_counts', 'SamplingBatch',
-           'apply_repetition_penalty', 'apply_frequency_presence_penalties', 'apply_min_tokens', 'apply_temperature',
-           'apply_top_k', 'apply_top_p', 'apply_min_p', 'mix64', 'seeded_uniform', 'exponential_noise',
-           'exponential_race', 'compute_logprobs', 'SamplerOutput', 'Sampler']
+__all__ = ['SamplingParams', 'find_stop', 'pad_token_ids', 'token_counts', 'SamplingBatch', 'apply_repetition_penalty',
+           'apply_frequency_presence_penalties', 'apply_min_tokens', 'apply_temperature', 'apply_top_k', 'apply_top_p',
+           'apply_min_p', 'mix64', 'seeded_uniform', 'exponential_noise', 'exponential_race', 'compute_logprobs',
+           'SamplerOutput', 'Sampler']
 
 # %% ../nbs/09_sampling.ipynb #77520d42
 def _check(ok:bool, name:str, value, expected:str):
@@ -91,11 +92,6 @@ def find_stop(text:str,       # the output text so far
     return best
 
 # %% ../nbs/09_sampling.ipynb #1ea2ac77
-def to_device(values:list, dtype:torch.dtype, device:torch.device|str="cpu") -> Tensor:
-    "A host list as a tensor on `device`; to a GPU through pinned memory, so the copy does not wait for the GPU."
-    device = torch.device(device)
-    return torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda").to(device, non_blocking=True)
-
 def pad_token_ids(rows:list[list[int]], pad:int, device:torch.device|str="cpu") -> Tensor:
     "Rows of token ids of different lengths as one int64 tensor [B, max length], padded with `pad`."
     width = max(map(len, rows), default=0)

@@ -16,7 +16,8 @@ from ..layers.paged_attention import default_backend
 from .sequence import Sequence
 from .block_manager import BlockManager
 from .scheduler import Scheduler, ScheduledBatch
-from ..sampling import SamplingParams, SamplingBatch, Sampler, find_stop, to_device
+from ..sampling import SamplingParams, SamplingBatch, Sampler, find_stop
+from ..utils import to_device
 
 # %% auto #0
 __all__ = ['EngineArgs', 'kv_cache_block_bytes', 'ModelRunner', 'TextStream', 'Logprob', 'CompletionOutput', 'RequestOutput',
