@@ -25,7 +25,7 @@ def run_nb(path: Path, skip_flags: set[str]):
         directives = getattr(cell, 'directives_', {}) or {}
         if directives.get('eval:', [''])[0].lower() == 'false': return True
         return bool(skip_flags & directives.keys())
-    shell = CaptureShell(path)
+    shell = CaptureShell(path, mpl_format='png')  # 1x figures: execnb's default, retina, doubles every PNG
     with working_directory(path.parent):
         shell.run_all(nb, exc_stop=True, preproc=skip)
     raw = read_nb(path)  # write outputs into the unprocessed notebook, keeping its directives as typed
