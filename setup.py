@@ -20,7 +20,8 @@ statuses = [ '1 - Planning', '2 - Pre-Alpha', '3 - Alpha',
 py_versions = '3.10 3.11 3.12 3.13'.split()
 
 requirements = shlex.split(cfg.get('requirements', ''))
-dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+course_requirements = shlex.split(cfg.get('course_requirements', ''))
+dev_requirements = course_requirements + shlex.split(cfg.get('dev_requirements', ''))
 flash_requirements = shlex.split(cfg.get('flash_requirements', ''))
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
@@ -37,7 +38,7 @@ setuptools.setup(
     packages = setuptools.find_packages(include=['nanolearn', 'nanolearn.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={'dev': dev_requirements, 'flash': flash_requirements},
+    extras_require={'course': course_requirements, 'dev': dev_requirements, 'flash': flash_requirements},
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),
     long_description_content_type = 'text/markdown',

@@ -184,9 +184,10 @@ def default_dtype(device:torch.device|str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def get_model(path:str|os.PathLike, device:torch.device|str="cpu", dtype:torch.dtype|None=None) -> CausalLM:
+def get_model(path:str|os.PathLike, device:torch.device|str="cpu", dtype:torch.dtype|None=None,
+              config:PretrainedConfig|None=None) -> CausalLM: # the directory's config, if the caller has already read it
     "Build and load the model stored in the Hugging Face directory `path`."
-    config = load_config(path)
+    config = config or load_config(path)
     cls = model_class(config)
     dtype = dtype or default_dtype(device)
     previous = torch.get_default_dtype()

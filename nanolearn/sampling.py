@@ -5,6 +5,7 @@
 # %% ../nbs/09_sampling.ipynb #d9ad58fd
 from __future__ import annotations
 import math, warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 import torch
 from torch import Tensor
@@ -141,7 +142,7 @@ class SamplingBatch:
               num_prompt_tokens:list[int],  # each row's prompt length
               vocab_size:int,               # logits width
               device:torch.device|str="cpu",
-              eos_token_id:int|None=None,   # masked, with stop_token_ids, until min_tokens are generated
+              eos_token_ids:Iterable[int]=(), # masked, with stop_token_ids, until min_tokens are generated
              ) -> SamplingBatch:
         B = len(params)
         if not (B == len(token_ids) == len(num_prompt_tokens)):
@@ -174,7 +175,7 @@ class SamplingBatch:
                 [t[n:] if p.frequency_penalty or p.presence_penalty else []
                  for p, t, n in zip(params, token_ids, num_prompt_tokens)], vocab_size, device)
         banned = [(i, t) for i, (p, k) in enumerate(zip(params, num_generated)) if k < p.min_tokens
-                  for t in {*p.stop_token_ids, *([] if eos_token_id is None else [eos_token_id])} if 0 <= t < vocab_size]
+                  for t in {*p.stop_token_ids, *eos_token_ids} if 0 <= t < vocab_size]
         if banned:
             batch.min_tokens_rows, batch.min_tokens_ids = (tensor(list(c), torch.int64) for c in zip(*banned))
         asked = [p.logprobs for p in params if p.logprobs is not None]
