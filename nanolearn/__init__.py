@@ -7,5 +7,8 @@ __version__ = "0.1.0"
 __all__ = []
 
 # %% ../nbs/index.ipynb #5966a979
-from .engine.llm_engine import LLM, LLMEngine, EngineArgs, RequestOutput, CompletionOutput, Logprob
+from .llm import LLM
+from .engine.llm_engine import LLMEngine
+from .config import EngineArgs
+from .outputs import RequestOutput, CompletionOutput, Logprob
 from .sampling import SamplingParams

@@ -7,6 +7,7 @@ from __future__ import annotations
 from array import array
 from collections import Counter, OrderedDict
 import xxhash
+from fastcore.basics import patch
 from .sequence import Sequence
 
 # %% auto #0
@@ -103,7 +104,7 @@ class BlockPool:
         for h, block_id in self.hash_to_block_id.items():
             if self.blocks[block_id].hash != h: raise AssertionError(f"index points at {self.blocks[block_id]} for hash {h}")
 
-# %% ../../nbs/07b_block_manager.ipynb #48fc09a3
+# %% ../../nbs/07b_block_manager.ipynb #a2eb1e52
 class BlockManager:
     "Gives sequences KV-cache blocks, sharing full computed blocks of a common prefix through a hash chain."
     compute_hash = staticmethod(compute_hash)
@@ -128,95 +129,109 @@ class BlockManager:
         "Fraction of allocated tokens served by the prefix cache."
         return self.num_hit_tokens / self.num_queried_tokens if self.num_queried_tokens else 0.0
 
-    def cached_prefix(self, seq:Sequence) -> list[int]:
-        "Ids of the cached blocks holding `seq`'s longest cached prefix; the last token's block is never included."
-        if not self.enable_prefix_caching: return []
-        block_ids, h = [], -1
-        for i in range((seq.num_tokens - 1) // self.block_size):
-            token_ids = seq.block(i)
-            h = self.compute_hash(token_ids, h)
-            block_id = self.pool.lookup(h, token_ids)
-            if block_id is None: break
-            block_ids.append(block_id)
-        return block_ids
+# %% ../../nbs/07b_block_manager.ipynb #858779a0
+@patch
+def check_invariants(self:BlockManager, seqs:list[Sequence]): # every sequence that holds blocks
+    "Raise AssertionError naming the first broken rule. For tests and debugging: it walks every block."
+    def require(ok, msg):
+        if not ok: raise AssertionError(msg)
+    pool, bs = self.pool, self.block_size
+    pool.check_invariants()
+    refs = Counter(b for s in seqs for b in s.block_table)
+    for blk in pool.blocks:
+        require(blk.ref_count == refs[blk.block_id], f"{blk} is in {refs[blk.block_id]} block tables")
+        require(blk.hash == -1 or (self.enable_prefix_caching and len(blk.token_ids) == bs),
+                f"{blk} is hashed but not full, or caching is off")
+        require(blk.ref_count <= 1 or pool.is_cached(blk.block_id), f"{blk} is shared but not a cached block")
+    for s in seqs:
+        require(len(set(s.block_table)) == len(s.block_table), f"sequence {s.seq_id} holds a block twice")
+        require(s.num_cached_tokens % bs == 0 and s.num_cached_tokens <= s.num_computed_tokens <= min(
+            s.num_tokens, len(s.block_table) * bs), f"sequence {s.seq_id}: inconsistent counters {s}")
+        hashed = [pool.blocks[b].hash != -1 for b in s.block_table]
+        require(hashed == sorted(hashed, reverse=True), f"sequence {s.seq_id}: hashed blocks are not a prefix")
+        h = -1
+        for i in range(sum(hashed)):  # each hash is the chain of this sequence's own, computed tokens
+            h = self.compute_hash(s.block(i), h)
+            blk = pool.blocks[s.block_table[i]]
+            require((i + 1) * bs <= s.num_computed_tokens, f"sequence {s.seq_id}: block {i} hashed before computed")
+            require(blk.hash == h and blk.token_ids == s.block(i), f"sequence {s.seq_id}: block {i} caches other tokens")
 
-    def _num_blocks_to_take(self, seq:Sequence, cached:list[int]) -> int:
-        "Free blocks `allocate` takes: fresh ones, plus cache hits on free blocks."
-        revived = sum(self.pool.blocks[b].ref_count == 0 for b in cached)
-        return seq.num_blocks - len(cached) + revived
+# %% ../../nbs/07b_block_manager.ipynb #fd4678d9
+@patch
+def cached_prefix(self:BlockManager, seq:Sequence) -> list[int]:
+    "Ids of the cached blocks holding `seq`'s longest cached prefix; the last token's block is never included."
+    if not self.enable_prefix_caching: return []
+    block_ids, h = [], -1
+    for i in range((seq.num_tokens - 1) // self.block_size):
+        token_ids = seq.block(i)
+        h = self.compute_hash(token_ids, h)
+        block_id = self.pool.lookup(h, token_ids)
+        if block_id is None: break
+        block_ids.append(block_id)
+    return block_ids
 
-    def can_allocate(self, seq:Sequence) -> bool:
-        return self._num_blocks_to_take(seq, self.cached_prefix(seq)) <= self.num_free_blocks
+@patch
+def _num_blocks_to_take(self:BlockManager, seq:Sequence, cached:list[int]) -> int:
+    "Free blocks `allocate` takes: fresh ones, plus cache hits on free blocks."
+    revived = sum(self.pool.blocks[b].ref_count == 0 for b in cached)
+    return seq.num_blocks - len(cached) + revived
 
-    def allocate(self, seq:Sequence):
-        "Give a sequence without blocks blocks for all its tokens, reusing its cached prefix."
-        if seq.block_size != self.block_size:
-            raise ValueError(f"sequence {seq.seq_id} has block_size {seq.block_size}, the block manager {self.block_size}")
-        if seq.block_table: raise ValueError(f"sequence {seq.seq_id} already holds blocks {seq.block_table}")
-        cached = self.cached_prefix(seq)
-        needed = self._num_blocks_to_take(seq, cached)
-        if needed > self.num_free_blocks:
-            raise RuntimeError(f"not enough free KV-cache blocks for sequence {seq.seq_id}: "
-                               f"needs {needed}, {self.num_free_blocks} free")
-        for block_id in cached: self.pool.share(block_id)  # before take_free, which could evict a free hit
-        fresh = [self.pool.take_free() for _ in range(seq.num_blocks - len(cached))]
-        seq.block_table = cached + fresh
-        seq.num_cached_tokens = seq.num_computed_tokens = len(cached) * self.block_size
-        self.num_queried_tokens += seq.num_tokens
-        self.num_hit_tokens += seq.num_cached_tokens
+@patch
+def can_allocate(self:BlockManager, seq:Sequence) -> bool:
+    return self._num_blocks_to_take(seq, self.cached_prefix(seq)) <= self.num_free_blocks
 
-    def mark_computed(self, seq:Sequence):
-        "Register every full block of `seq` whose tokens' keys and values are now all in the cache."
-        if seq.num_computed_tokens > len(seq.block_table) * self.block_size:
-            raise ValueError(f"sequence {seq.seq_id} claims {seq.num_computed_tokens} computed tokens "
-                             f"but its blocks hold only {len(seq.block_table) * self.block_size}")
-        if not self.enable_prefix_caching: return
-        blocks = [self.pool.blocks[b] for b in seq.block_table]
-        num_full = seq.num_computed_tokens // self.block_size
-        first = num_full  # hashed blocks are a prefix of the table: walk back to the first unhashed one
-        while first > 0 and blocks[first - 1].hash == -1: first -= 1
-        h = blocks[first - 1].hash if first > 0 else -1
-        for i in range(first, num_full):
-            h = self.compute_hash(seq.block(i), h)
-            self.pool.register(seq.block_table[i], h, seq.block(i))
+@patch
+def allocate(self:BlockManager, seq:Sequence):
+    "Give a sequence without blocks blocks for all its tokens, reusing its cached prefix."
+    if seq.block_size != self.block_size:
+        raise ValueError(f"sequence {seq.seq_id} has block_size {seq.block_size}, the block manager {self.block_size}")
+    if seq.block_table: raise ValueError(f"sequence {seq.seq_id} already holds blocks {seq.block_table}")
+    cached = self.cached_prefix(seq)
+    needed = self._num_blocks_to_take(seq, cached)
+    if needed > self.num_free_blocks:
+        raise RuntimeError(f"not enough free KV-cache blocks for sequence {seq.seq_id}: "
+                           f"needs {needed}, {self.num_free_blocks} free")
+    for block_id in cached: self.pool.share(block_id)  # before take_free, which could evict a free hit
+    fresh = [self.pool.take_free() for _ in range(seq.num_blocks - len(cached))]
+    seq.block_table = cached + fresh
+    seq.num_cached_tokens = seq.num_computed_tokens = len(cached) * self.block_size
+    self.num_queried_tokens += seq.num_tokens
+    self.num_hit_tokens += seq.num_cached_tokens
 
-    def can_append(self, seq:Sequence) -> bool:
-        return seq.num_blocks - len(seq.block_table) <= self.num_free_blocks
+# %% ../../nbs/07b_block_manager.ipynb #12799ce6
+@patch
+def mark_computed(self:BlockManager, seq:Sequence):
+    "Register every full block of `seq` whose tokens' keys and values are now all in the cache."
+    if seq.num_computed_tokens > len(seq.block_table) * self.block_size:
+        raise ValueError(f"sequence {seq.seq_id} claims {seq.num_computed_tokens} computed tokens "
+                         f"but its blocks hold only {len(seq.block_table) * self.block_size}")
+    if not self.enable_prefix_caching: return
+    blocks = [self.pool.blocks[b] for b in seq.block_table]
+    num_full = seq.num_computed_tokens // self.block_size
+    first = num_full  # hashed blocks are a prefix of the table: walk back to the first unhashed one
+    while first > 0 and blocks[first - 1].hash == -1: first -= 1
+    h = blocks[first - 1].hash if first > 0 else -1
+    for i in range(first, num_full):
+        h = self.compute_hash(seq.block(i), h)
+        self.pool.register(seq.block_table[i], h, seq.block(i))
 
-    def may_append(self, seq:Sequence):
-        "Extend `seq`'s block table to cover all its tokens (a decode step needs a new block when the last is full)."
-        if not seq.block_table: raise ValueError(f"sequence {seq.seq_id} holds no blocks: allocate it first")
-        if not self.can_append(seq):
-            raise RuntimeError(f"no free KV-cache block for sequence {seq.seq_id}'s next token")
-        while len(seq.block_table) < seq.num_blocks: seq.block_table.append(self.pool.take_free())
+# %% ../../nbs/07b_block_manager.ipynb #f1969d31
+@patch
+def deallocate(self:BlockManager, seq:Sequence):
+    "Take back a finished or preempted sequence's blocks, tail first; cached contents stay until evicted."
+    for block_id in reversed(seq.block_table): self.pool.release(block_id)
+    seq.block_table = []
+    seq.num_cached_tokens = seq.num_computed_tokens = 0
 
-    def deallocate(self, seq:Sequence):
-        "Take back a finished or preempted sequence's blocks, tail first; cached contents stay until evicted."
-        for block_id in reversed(seq.block_table): self.pool.release(block_id)
-        seq.block_table = []
-        seq.num_cached_tokens = seq.num_computed_tokens = 0
+# %% ../../nbs/07b_block_manager.ipynb #ee1f0045
+@patch
+def can_append(self:BlockManager, seq:Sequence) -> bool:
+    return seq.num_blocks - len(seq.block_table) <= self.num_free_blocks
 
-    def check_invariants(self, seqs:list[Sequence]): # every sequence that holds blocks
-        "Raise AssertionError naming the first broken rule. For tests and debugging: it walks every block."
-        def require(ok, msg):
-            if not ok: raise AssertionError(msg)
-        pool, bs = self.pool, self.block_size
-        pool.check_invariants()
-        refs = Counter(b for s in seqs for b in s.block_table)
-        for blk in pool.blocks:
-            require(blk.ref_count == refs[blk.block_id], f"{blk} is in {refs[blk.block_id]} block tables")
-            require(blk.hash == -1 or (self.enable_prefix_caching and len(blk.token_ids) == bs),
-                    f"{blk} is hashed but not full, or caching is off")
-            require(blk.ref_count <= 1 or pool.is_cached(blk.block_id), f"{blk} is shared but not a cached block")
-        for s in seqs:
-            require(len(set(s.block_table)) == len(s.block_table), f"sequence {s.seq_id} holds a block twice")
-            require(s.num_cached_tokens % bs == 0 and s.num_cached_tokens <= s.num_computed_tokens <= min(
-                s.num_tokens, len(s.block_table) * bs), f"sequence {s.seq_id}: inconsistent counters {s}")
-            hashed = [pool.blocks[b].hash != -1 for b in s.block_table]
-            require(hashed == sorted(hashed, reverse=True), f"sequence {s.seq_id}: hashed blocks are not a prefix")
-            h = -1
-            for i in range(sum(hashed)):  # each hash is the chain of this sequence's own, computed tokens
-                h = self.compute_hash(s.block(i), h)
-                blk = pool.blocks[s.block_table[i]]
-                require((i + 1) * bs <= s.num_computed_tokens, f"sequence {s.seq_id}: block {i} hashed before computed")
-                require(blk.hash == h and blk.token_ids == s.block(i), f"sequence {s.seq_id}: block {i} caches other tokens")
+@patch
+def may_append(self:BlockManager, seq:Sequence):
+    "Extend `seq`'s block table to cover all its tokens (a decode step needs a new block when the last is full)."
+    if not seq.block_table: raise ValueError(f"sequence {seq.seq_id} holds no blocks: allocate it first")
+    if not self.can_append(seq):
+        raise RuntimeError(f"no free KV-cache block for sequence {seq.seq_id}'s next token")
+    while len(seq.block_table) < seq.num_blocks: seq.block_table.append(self.pool.take_free())

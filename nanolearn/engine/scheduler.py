@@ -5,9 +5,11 @@
 # %% ../../nbs/08_scheduler.ipynb #cc0d44e4
 from __future__ import annotations
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from fastcore.basics import patch
 from .sequence import Sequence, SequenceStatus
 from .block_manager import BlockManager
+from .stopping import StopChecker
 
 # %% auto #0
 __all__ = ['ScheduledBatch', 'Scheduler']
@@ -25,28 +27,27 @@ class ScheduledBatch:
     @property
     def num_tokens(self) -> int: return sum(self.num_new_tokens)
 
-# %% ../../nbs/08_scheduler.ipynb #6483b080
+# %% ../../nbs/08_scheduler.ipynb #eef0f52f
 class Scheduler:
     "Continuous batching with chunked prefill and preemption by recompute."
     def __init__(self,
                  block_manager:BlockManager,
                  max_num_seqs:int=256,              # sequences running at once
                  max_num_batched_tokens:int=8192,   # tokens processed in one step
-                 eos_token_id:int|None=None,        # ends a sequence unless its params say ignore_eos
-                 max_model_len:int|None=None):      # a sequence stops ("length") when it reaches this many tokens
+                 stop_checker:StopChecker|None=None):  # decides when a sequence has finished; default: length limits only
         if max_num_seqs < 1: raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if max_num_batched_tokens < max_num_seqs:  # a decode step of max_num_seqs sequences is max_num_seqs tokens
             raise ValueError(f"max_num_batched_tokens ({max_num_batched_tokens}) must be >= max_num_seqs ({max_num_seqs})")
         self.block_manager, self.max_num_seqs, self.max_num_batched_tokens = block_manager, max_num_seqs, max_num_batched_tokens
-        self.eos_token_id, self.max_model_len = eos_token_id, max_model_len
+        self.stop_checker = stop_checker or StopChecker()
         self.waiting: deque[Sequence] = deque()
         self.running: deque[Sequence] = deque()
         self.num_preemptions = 0
 
     def check_fits(self, num_prompt_tokens:int, max_tokens:int):
-        "A sequence longer than the whole KV cache would preempt itself forever: refuse it up front."
+        "Raise if a request of this size could never fit in the whole KV cache."
         most_tokens = num_prompt_tokens + max_tokens
-        if self.max_model_len is not None: most_tokens = min(most_tokens, self.max_model_len)
+        if self.stop_checker.max_model_len is not None: most_tokens = min(most_tokens, self.stop_checker.max_model_len)
         capacity = self.block_manager.num_blocks * self.block_manager.block_size
         if most_tokens > capacity:
             raise ValueError(f"request needs up to {most_tokens} tokens of KV cache (prompt {num_prompt_tokens} + "
@@ -58,77 +59,75 @@ class Scheduler:
 
     def is_finished(self) -> bool: return not self.waiting and not self.running
 
-    def schedule(self) -> ScheduledBatch|None:
-        return self._schedule_prefill() or self._schedule_decode()
+# %% ../../nbs/08_scheduler.ipynb #42da0368
+@patch
+def _take(self:Scheduler, batch:ScheduledBatch, seq:Sequence, n:int):
+    "Add n tokens of seq to the batch and count them as computed from now on."
+    batch.seqs.append(seq); batch.num_new_tokens.append(n); batch.start_positions.append(seq.num_computed_tokens)
+    seq.num_computed_tokens += n
+    batch.completes.append(seq.num_computed_tokens == seq.num_tokens)
+    self.block_manager.mark_computed(seq)
 
-    def _take(self, batch:ScheduledBatch, seq:Sequence, n:int):
-        "Add n tokens of seq to the batch and count them as computed (see above)."
-        batch.seqs.append(seq); batch.num_new_tokens.append(n); batch.start_positions.append(seq.num_computed_tokens)
-        seq.num_computed_tokens += n
-        batch.completes.append(seq.num_computed_tokens == seq.num_tokens)
-        self.block_manager.mark_computed(seq)
-
-    def _schedule_prefill(self) -> ScheduledBatch|None:
-        batch, budget = ScheduledBatch([], True, [], [], []), self.max_num_batched_tokens
-        for seq in self.running:  # unfinished chunked prefills first: they already hold blocks
-            remaining = seq.num_tokens - seq.num_computed_tokens
-            if remaining > 1 and budget > 0:
-                n = min(remaining, budget)
-                self._take(batch, seq, n); budget -= n
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
-            if not self.block_manager.can_allocate(seq): break
-            self.block_manager.allocate(seq)  # may find a cached prefix: num_computed_tokens > 0
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(self.waiting.popleft())
-            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+# %% ../../nbs/08_scheduler.ipynb #16958554
+@patch
+def _schedule_prefill(self:Scheduler) -> ScheduledBatch|None:
+    batch, budget = ScheduledBatch([], True, [], [], []), self.max_num_batched_tokens
+    for seq in self.running:  # unfinished chunked prefills first: they already hold blocks
+        remaining = seq.num_tokens - seq.num_computed_tokens
+        if remaining > 1 and budget > 0:
+            n = min(remaining, budget)
             self._take(batch, seq, n); budget -= n
-        return batch if batch.seqs else None
+    while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+        seq = self.waiting[0]
+        if not self.block_manager.can_allocate(seq): break
+        self.block_manager.allocate(seq)  # may find a cached prefix: num_computed_tokens > 0
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(self.waiting.popleft())
+        n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+        self._take(batch, seq, n); budget -= n
+    return batch if batch.seqs else None
 
-    def _schedule_decode(self) -> ScheduledBatch|None:
-        batch = ScheduledBatch([], False, [], [], [])
-        while self.running and len(batch.seqs) < self.max_num_seqs:
-            seq = self.running.popleft()
-            while not self.block_manager.can_append(seq):
-                if self.running: self._preempt(self.running.pop())  # the youngest gives way
-                else: self._preempt(seq); break
-            else:
-                self.block_manager.may_append(seq)
-                self._take(batch, seq, 1)
-        self.running.extendleft(reversed(batch.seqs))
-        return batch if batch.seqs else None
+# %% ../../nbs/08_scheduler.ipynb #eca95278
+@patch
+def _schedule_decode(self:Scheduler) -> ScheduledBatch|None:
+    batch = ScheduledBatch([], False, [], [], [])
+    while self.running and len(batch.seqs) < self.max_num_seqs:
+        seq = self.running.popleft()
+        while not self.block_manager.can_append(seq):
+            if self.running: self._preempt(self.running.pop())  # the youngest gives way
+            else: self._preempt(seq); break
+        else:
+            self.block_manager.may_append(seq)
+            self._take(batch, seq, 1)
+    self.running.extendleft(reversed(batch.seqs))
+    return batch if batch.seqs else None
 
-    def _preempt(self, seq:Sequence):
-        self.block_manager.deallocate(seq)
-        seq.status = SequenceStatus.WAITING
-        seq.num_computed_tokens = 0
-        self.waiting.appendleft(seq)
-        self.num_preemptions += 1
+@patch
+def _preempt(self:Scheduler, seq:Sequence):
+    self.block_manager.deallocate(seq)
+    seq.status = SequenceStatus.WAITING
+    seq.num_computed_tokens = 0
+    self.waiting.appendleft(seq)
+    self.num_preemptions += 1
 
-    def postprocess(self, batch:ScheduledBatch, token_ids:list[int|None]) -> list[Sequence]:
-        "Record a step's sampled tokens (`token_ids[i]` is None where sequence i did not complete); retire finished sequences."
-        finished = []
-        for seq, completes, token in zip(batch.seqs, batch.completes, token_ids):
-            if not completes: continue
-            seq.append_token(token)
-            reason = self.finish_reason(seq, token)
-            if reason is not None:
-                self.finish(seq, reason)
-                finished.append(seq)
-        return finished
+# %% ../../nbs/08_scheduler.ipynb #52862034
+@patch
+def schedule(self:Scheduler) -> ScheduledBatch|None:
+    "The next step: prefill work first, else one decode token for every running sequence; None when idle."
+    return self._schedule_prefill() or self._schedule_decode()
 
-    def finish_reason(self, seq:Sequence, token:int) -> str|None:
-        "'stop' for the end-of-sequence token or a stop token id, 'length' at max_tokens or max_model_len, else None."
-        sp = seq.sampling_params
-        if seq.num_completion_tokens >= sp.min_tokens:  # as vLLM: no stop tokens before min_tokens
-            if not sp.ignore_eos and token == self.eos_token_id: return "stop"
-            if token in sp.stop_token_ids: return "stop"
-        if seq.num_completion_tokens >= sp.max_tokens: return "length"
-        if self.max_model_len is not None and seq.num_tokens >= self.max_model_len: return "length"
-        return None
+@patch
+def postprocess(self:Scheduler, batch:ScheduledBatch, token_ids:list[int|None]):
+    "Record a step's sampled tokens (`token_ids[i]` is None where sequence i did not complete); retire those that finished."
+    for seq, completes, token in zip(batch.seqs, batch.completes, token_ids):
+        if not completes: continue
+        seq.append_token(token)
+        reason = self.stop_checker(seq)
+        if reason is not None: self.finish(seq, reason)
 
-    def finish(self, seq:Sequence, reason:str):
-        "Retire a running sequence (also used by the engine when a stop string matches) and free its blocks."
-        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
-        self.block_manager.deallocate(seq)
-        self.running.remove(seq)
+@patch
+def finish(self:Scheduler, seq:Sequence, reason:str):
+    "Retire a running sequence and free its blocks; `reason` is what its output reports ('stop', 'length', 'abort')."
+    seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+    self.block_manager.deallocate(seq)
+    self.running.remove(seq)

@@ -40,6 +40,8 @@ class Sequence:
         self.block_size = block_size
         self.sampling_params = sampling_params if sampling_params is not None else SamplingParams()
         self.finish_reason: str|None = None  # set when it finishes: "stop" or "length", as in vLLM's outputs
+        self.stop_reason: int|str|None = None  # the stop token id or stop string that ended it, if one did
+        self.detokenizer = None  # its text, decoded as it grows, when stop strings or streaming need it (chapter 07c)
 
     def __len__(self): return self.num_tokens
 
