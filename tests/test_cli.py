@@ -43,6 +43,8 @@ def test_prompt_from_stdin(smol):
     (["hi", "--max-tokens", "0"], "max_tokens must be an integer >= 1"),
     (["hi", "--temperature", "-1"], "temperature must be a finite number >= 0"),
     (["hi", "--model", "/no/such/model/dir"], "/no/such/model/dir"),
+    (["hi", "--model", "/no/such/file.whl"], "model file /no/such/file.whl: does not exist"),
+    (["download", "a", "b"], "unrecognized arguments: b"),
 ])
 def test_bad_input_is_a_clear_error(args, message):
     r = run(*args)
