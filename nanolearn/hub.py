@@ -147,6 +147,9 @@ def load_gguf(gguf_file:str|os.PathLike) -> tuple:
     gguf_file = Path(gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    eos = model.config.eos_token_id  # the GGUF's own tokenizer.ggml.eos_token_id
+    if isinstance(eos, int) and tokenizer.eos_token_id != eos:  # some transformers versions give the tokenizer another
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
     return model.eval(), tokenizer
 
 # %% ../nbs/05b_default_model.ipynb #0fcb8205
