@@ -167,16 +167,18 @@ def _sum_combine(a, b): return a + b
 
 @triton.jit
 def _paged_rows(block_table_ptr, positions, mask, block_size, stride_block, stride_slot):
-    "Offsets of the cache rows that hold the keys at `positions` of the sequence owning `block_table_ptr`."
-    block_ids = tl.load(block_table_ptr + positions // block_size, mask=mask, other=0).to(tl.int64)
-    return block_ids * stride_block + (positions % block_size) * stride_slot
+    "Offsets of the cache rows holding the keys at `positions`, and the mask of those that exist (block id >= 0)."
+    block_ids = tl.load(block_table_ptr + positions // block_size, mask=mask, other=-1).to(tl.int64)
+    valid = mask & (block_ids >= 0)  # -1 pads a block table: such a key is absent, never read from before the cache
+    return tl.where(valid, block_ids, 0) * stride_block + (positions % block_size) * stride_slot, valid
 
 @triton.jit
 def _online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION: tl.constexpr):
     "Fold one tile of scores `s` [M, N] (log2 units, -inf where masked) and values `v` [N, D] into (max, sum, acc)."
     m_new = tl.maximum(m_i, tl.reduce(s, 1, _max_combine))
-    alpha = tl.exp2(m_i - m_new)  # rescales what was accumulated under the old maximum
-    p = tl.exp2(s - m_new[:, None])
+    m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no visible key yet: keep -inf - -inf out
+    alpha = tl.exp2(m_i - m_ref)  # rescales what was accumulated under the old maximum
+    p = tl.exp2(s - m_ref[:, None])
     l_i = l_i * alpha + tl.reduce(p, 1, _sum_combine)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return m_new, l_i, acc
@@ -220,7 +222,7 @@ def _prefill_kernel(
         offs_n = n_start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < k_end
         if PAGED:  # the K and V caches share one layout
-            k_rows = _paged_rows(block_tables_ptr + seq * stride_bt, offs_n, n_mask, block_size, stride_kv_row, stride_kv_slot)
+            k_rows, n_mask = _paged_rows(block_tables_ptr + seq * stride_bt, offs_n, n_mask, block_size, stride_kv_row, stride_kv_slot)
             k_offsets = k_rows[:, None] + kv_head * stride_kv_head + offs_d[None, :]
             v_offsets = k_offsets
         else:
@@ -237,7 +239,7 @@ def _prefill_kernel(
         s = tl.where(visible, s, float("-inf"))
         m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, DOT_PRECISION)
 
-    o = acc / l_i[:, None]
+    o = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # a row that saw no key (only padding) writes 0
     tl.store(o_ptr + (q_start + offs_m)[:, None] * stride_o_tok + head * stride_o_head + offs_d[None, :],
              o.to(o_ptr.dtype.element_ty), mask=q_mask)
 
@@ -346,7 +348,7 @@ def _decode_kernel(
     for n_start in range(n_begin, n_end, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         n_mask = offs_n < n_end
-        rows = _paged_rows(block_tables_ptr + seq * stride_bt, offs_n, n_mask, block_size, stride_c_block, stride_c_slot)
+        rows, n_mask = _paged_rows(block_tables_ptr + seq * stride_bt, offs_n, n_mask, block_size, stride_c_block, stride_c_slot)
         kv_offsets = rows[:, None] + kv_head * stride_c_head + offs_d[None, :]
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_cache_ptr + kv_offsets, mask=kv_mask, other=0.0)
