@@ -30,6 +30,7 @@ class EngineArgs:
     block_size: int = 16                   # tokens per KV-cache block
     gpu_memory_utilization: float = 0.9    # fraction of GPU memory the engine may use (weights + activations + KV)
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False            # never replay decode steps from CUDA graphs (chapter 11)
     num_gpu_blocks_override: int|None = None  # KV-cache size in blocks, on any device
     kv_cache_memory_bytes: int|None = None    # KV-cache budget in bytes (CPU default: 1 GiB)
     seed: int = 0

@@ -4,16 +4,18 @@
 
 # %% ../../nbs/10b_runner.ipynb #1a1dff69
 from __future__ import annotations
+import math
 import torch
 from torch import Tensor
 from fastcore.basics import patch
 from ..utils import to_device
 from ..config import EngineConfig
 from ..models import get_model
-from ..layers.attention import Attention, set_context, reset_context
+from ..layers.attention import Attention, set_context, reset_context, get_context
 from ..layers.paged_attention import default_backend
 from .sequence import Sequence
 from .scheduler import ScheduledBatch
+from .cuda_graphs import DecodeGraphs
 from ..sampling import SamplingBatch, Sampler, SamplerOutput
 
 # %% auto #0
@@ -30,6 +32,9 @@ class ModelRunner:
         self.backend = default_backend(config.device)
         self.num_blocks = self.num_kv_blocks()
         self.allocate_kv_cache()
+        self.graphs = None if self.device.type != "cuda" or config.args.enforce_eager else DecodeGraphs(
+            self.model, config.args.max_num_seqs, math.ceil(config.max_model_len / config.block_size),
+            config.hf_config.hidden_size, config.dtype, self.device, self.backend)  # chapter 11
 
 @patch
 def num_kv_blocks(self:ModelRunner) -> int:
@@ -123,7 +128,10 @@ def run(self:ModelRunner, batch:ScheduledBatch) -> tuple[list[int|None], Sampler
         sampling = SamplingBatch.build([s.sampling_params for s in sampled], [s.token_ids for s in sampled],
                                        [s.num_prompt_tokens for s in sampled], self.config.vocab_size, self.device,
                                        self.config.eos_token_ids)
-    try: hidden = self.model(input_ids, positions)
+    try:
+        if self.graphs is not None and not batch.is_prefill and len(batch.seqs) <= self.graphs.max_num_seqs:
+            hidden = self.graphs.replay(input_ids, positions, get_context())
+        else: hidden = self.model(input_ids, positions)
     finally: reset_context()
     tokens = [None] * len(batch.seqs)
     if not sampled: return tokens, None
