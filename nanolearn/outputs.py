@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['Logprob', 'CompletionOutput', 'RequestOutput']
+__all__ = ['Logprob', 'CompletionOutput', 'RequestMetrics', 'RequestOutput']
 
 # %% ../nbs/10c_outputs.ipynb #51226219
 @dataclass
@@ -31,6 +31,19 @@ class CompletionOutput:
 
     def finished(self) -> bool: return self.finish_reason is not None
 
+# %% ../nbs/10c_outputs.ipynb #e20e945b
+@dataclass
+class RequestMetrics:
+    "When things happened to a request (vLLM's RequestMetrics), in seconds of `time.time()`."
+    arrival_time: float                    # added to the engine
+    first_token_time: float|None = None    # its first generated token came back
+    last_token_time: float|None = None     # its latest token came back
+    finished_time: float|None = None       # it finished
+
+    @property
+    def time_to_first_token(self) -> float|None:
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
 # %% ../nbs/10c_outputs.ipynb #d74cfc09
 @dataclass
 class RequestOutput:
@@ -40,3 +53,4 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]  # one per sample
     finished: bool = False           # every sample has finished
+    metrics: RequestMetrics|None = None  # when it arrived, got its first token, finished

@@ -5,7 +5,7 @@
 # %% ../../nbs/10d_llm_engine.ipynb #3930037e
 from __future__ import annotations
 import itertools, time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from fastcore.basics import patch
 from ..config import EngineArgs
 from .sequence import Sequence
@@ -13,7 +13,7 @@ from .block_manager import BlockManager
 from .scheduler import Scheduler
 from .stopping import StopChecker, TextStream, output_text
 from .runner import ModelRunner
-from ..outputs import Logprob, CompletionOutput, RequestOutput
+from ..outputs import Logprob, CompletionOutput, RequestOutput, RequestMetrics
 from ..sampling import SamplingParams, SamplerOutput
 
 # %% auto #0
@@ -29,6 +29,7 @@ class _Request:
     seqs: list[Sequence]
     logprobs: list[list[dict[int, Logprob]]]   # per sample, per generated token
     cumulative_logprobs: list[float]           # per sample
+    metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.time()))
 
     @property
     def finished(self) -> bool: return all(s.is_finished for s in self.seqs)
@@ -40,7 +41,7 @@ class _Request:
             completions.append(CompletionOutput(i, output_text(seq, tokenizer), seq.completion_token_ids, seq.finish_reason,
                                                 self.cumulative_logprobs[i] if asked else None,
                                                 list(self.logprobs[i]) if asked else None, seq.stop_reason))
-        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, completions, self.finished)
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, completions, self.finished, replace(self.metrics))
 
 # %% ../../nbs/10d_llm_engine.ipynb #3f48f67c
 class LLMEngine:
@@ -122,6 +123,11 @@ def step(self:LLMEngine) -> list[RequestOutput]:
             request.logprobs[i].append(logprobs)
             request.cumulative_logprobs[i] += logprobs[seq.last_token].logprob
         updated[request.request_id] = request
+    now = time.time()
+    for r in updated.values():
+        r.metrics.first_token_time = r.metrics.first_token_time or now
+        r.metrics.last_token_time = now
+        if r.finished: r.metrics.finished_time = now
     outputs = [r.output(self.tokenizer) for r in updated.values()]
     for r in updated.values():
         if r.finished:
