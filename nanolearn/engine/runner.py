@@ -16,6 +16,7 @@ from ..layers.paged_attention import default_backend
 from .sequence import Sequence
 from .scheduler import ScheduledBatch
 from .cuda_graphs import DecodeGraphs
+from ..layers.fused import use_fused_kernels
 from ..sampling import SamplingBatch, Sampler, SamplerOutput
 
 # %% auto #0
@@ -28,6 +29,7 @@ class ModelRunner:
         self.config, self.device = config, config.device
         torch.manual_seed(config.args.seed)
         self.model = get_model(config.model_path, config.device, config.dtype, config.hf_config)
+        if self.device.type == "cuda": use_fused_kernels(self.model)  # one Triton kernel per small op (chapter 11b)
         self.sampler = Sampler()
         self.backend = default_backend(config.device)
         self.num_blocks = self.num_kv_blocks()
