@@ -5,11 +5,12 @@
 # %% ../nbs/10e_llm.ipynb #63b3b939
 from __future__ import annotations
 import time
+from dataclasses import replace
 from fastcore.basics import patch
 from .config import EngineArgs
 from .engine.llm_engine import LLMEngine
 from .outputs import RequestOutput
-from .sampling import SamplingParams
+from .sampling import SamplingParams, RequestOutputKind
 
 # %% auto #0
 __all__ = ['LLM']
@@ -40,7 +41,8 @@ class LLM:
 def generate(self:LLM, prompts, sampling_params:SamplingParams|list[SamplingParams]|None=None, use_tqdm:bool=True) -> list[RequestOutput]:
     "Generate for one or many prompts (str, {'prompt': ...} or {'prompt_token_ids': [...]})."
     requests = self._requests(prompts, sampling_params)
-    order = {self.engine.add_request(p, params): i for i, (p, params) in enumerate(requests)}
+    final_only = RequestOutputKind.FINAL_ONLY  # as in vLLM: generate() reads only the final outputs
+    order = {self.engine.add_request(p, replace(params, output_kind=final_only)): i for i, (p, params) in enumerate(requests)}
     results: list[RequestOutput|None] = [None] * len(requests)
     from tqdm.auto import tqdm
     bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm, dynamic_ncols=True)
@@ -79,13 +81,9 @@ def stream(self:LLM, prompt, sampling_params:SamplingParams|None=None):
     "Yield the text of one prompt's completion piece by piece as it is generated."
     [(p, params)] = self._requests(prompt, sampling_params)
     if params.n != 1: raise ValueError(f"stream() returns one completion; got n={params.n}")
-    request_id = self.engine.add_request(p, params, stream=True)
-    emitted = 0
-    while True:
-        mine = [o for o in self.engine.step() if o.request_id == request_id]
-        if mine:
-            text = mine[-1].outputs[0].text
-            if len(text) > emitted: yield text[emitted:]
-            emitted = len(text)
-            if mine[-1].finished: return
-        elif not self.engine.has_unfinished_requests(): return
+    request_id = self.engine.add_request(p, replace(params, output_kind=RequestOutputKind.DELTA))
+    while self.engine.has_unfinished_requests():
+        for out in self.engine.step():
+            if out.request_id != request_id: continue
+            if out.outputs[0].text: yield out.outputs[0].text
+            if out.finished: return

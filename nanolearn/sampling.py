@@ -7,15 +7,16 @@ from __future__ import annotations
 import math, warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 import torch
 from torch import Tensor
 from .utils import to_device
 
 # %% auto #0
-__all__ = ['SamplingParams', 'find_stop', 'pad_token_ids', 'token_counts', 'SamplingBatch', 'apply_repetition_penalty',
-           'apply_frequency_presence_penalties', 'apply_min_tokens', 'apply_temperature', 'apply_top_k', 'apply_top_p',
-           'apply_min_p', 'mix64', 'seeded_uniform', 'exponential_noise', 'exponential_race', 'compute_logprobs',
-           'SamplerOutput', 'Sampler']
+__all__ = ['RequestOutputKind', 'SamplingParams', 'find_stop', 'pad_token_ids', 'token_counts', 'SamplingBatch',
+           'apply_repetition_penalty', 'apply_frequency_presence_penalties', 'apply_min_tokens', 'apply_temperature',
+           'apply_top_k', 'apply_top_p', 'apply_min_p', 'mix64', 'seeded_uniform', 'exponential_noise',
+           'exponential_race', 'compute_logprobs', 'SamplerOutput', 'Sampler']
 
 # %% ../nbs/09_sampling.ipynb #77520d42
 def _check(ok:bool, name:str, value, expected:str):
@@ -28,6 +29,12 @@ def _as_list(x) -> list:
     return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
 
 _MIN_TEMPERATURE = 0.01  # vLLM's floor for a non-zero temperature
+
+class RequestOutputKind(Enum):
+    "Which outputs a request produces while it runs (vLLM's names)."
+    CUMULATIVE = 0  # after every step, everything generated so far
+    DELTA = 1       # after every step, only what is new since the last output
+    FINAL_ONLY = 2  # one output, when the request finishes
 
 @dataclass
 class SamplingParams:
@@ -49,6 +56,7 @@ class SamplingParams:
     logprobs: int|None = None           # also return this many top log-probabilities per generated token
     skip_special_tokens: bool = True    # leave special tokens out of the output text
     include_stop_str_in_output: bool = False  # keep the matched stop string at the end of the text
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE  # outputs while running: all so far, new only, or none
 
     def __post_init__(self):
         self.stop, self.stop_token_ids = _as_list(self.stop), _as_list(self.stop_token_ids)
@@ -71,6 +79,7 @@ class SamplingParams:
         _check(self.logprobs is None or (_is_int(self.logprobs) and self.logprobs >= 0), "logprobs", self.logprobs,
                "None or an integer >= 0")
         _check(not (self.greedy and self.n > 1), "n", self.n, "1 when temperature is 0 (greedy copies are identical)")
+        _check(isinstance(self.output_kind, RequestOutputKind), "output_kind", self.output_kind, "a RequestOutputKind")
         if 0 < self.temperature < _MIN_TEMPERATURE:
             warnings.warn(f"temperature {self.temperature} is below {_MIN_TEMPERATURE} and overflows float32 logits; "
                           f"using {_MIN_TEMPERATURE}")

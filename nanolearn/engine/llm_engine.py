@@ -14,7 +14,7 @@ from .scheduler import Scheduler
 from .stopping import StopChecker, TextStream, output_text
 from .runner import ModelRunner
 from ..outputs import Logprob, CompletionOutput, RequestOutput, RequestMetrics
-from ..sampling import SamplingParams, SamplerOutput
+from ..sampling import SamplingParams, SamplerOutput, RequestOutputKind
 
 # %% auto #0
 __all__ = ['LLMEngine']
@@ -29,18 +29,27 @@ class _Request:
     seqs: list[Sequence]
     logprobs: list[list[dict[int, Logprob]]]   # per sample, per generated token
     cumulative_logprobs: list[float]           # per sample
+    emitted: list[tuple[int, int]]             # per sample: tokens and characters already sent (DELTA)
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.time()))
 
     @property
     def finished(self) -> bool: return all(s.is_finished for s in self.seqs)
 
+    @property
+    def output_kind(self) -> RequestOutputKind: return self.seqs[0].sampling_params.output_kind
+
     def output(self, tokenizer) -> RequestOutput:
         completions = []
         for i, seq in enumerate(self.seqs):
             asked = seq.sampling_params.logprobs is not None
-            completions.append(CompletionOutput(i, output_text(seq, tokenizer), seq.completion_token_ids, seq.finish_reason,
+            text, token_ids, logprobs = output_text(seq, tokenizer), seq.completion_token_ids, self.logprobs[i]
+            if self.output_kind == RequestOutputKind.DELTA:
+                sent_tokens, sent_chars = self.emitted[i]
+                self.emitted[i] = (len(token_ids), len(text))
+                text, token_ids, logprobs = text[sent_chars:], token_ids[sent_tokens:], logprobs[sent_tokens:]
+            completions.append(CompletionOutput(i, text, token_ids, seq.finish_reason,
                                                 self.cumulative_logprobs[i] if asked else None,
-                                                list(self.logprobs[i]) if asked else None, seq.stop_reason))
+                                                list(logprobs) if asked else None, seq.stop_reason))
         return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, completions, self.finished, replace(self.metrics))
 
 # %% ../../nbs/10d_llm_engine.ipynb #3f48f67c
@@ -86,8 +95,8 @@ def check_request(self:LLMEngine, token_ids:list[int], params:SamplingParams):
 
 # %% ../../nbs/10d_llm_engine.ipynb #3fcd3a00
 @patch
-def add_request(self:LLMEngine, prompt, params:SamplingParams|None=None, stream:bool=False) -> str:
-    "Check and queue a request; returns its id. `stream=True` decodes its text as it is generated."
+def add_request(self:LLMEngine, prompt, params:SamplingParams|None=None) -> str:
+    "Check and queue a request; returns its id."
     params = params or SamplingParams()
     text, token_ids = self.tokenize(prompt)
     self.check_request(token_ids, params)
@@ -96,10 +105,10 @@ def add_request(self:LLMEngine, prompt, params:SamplingParams|None=None, stream:
     for i in range(params.n):
         sample_params = params if params.n == 1 else replace(params, n=1, seed=None if params.seed is None else params.seed + i)
         seq = Sequence(token_ids, sample_params, self.config.block_size)
-        if self.tokenizer is not None and (stream or params.stop):
+        if self.tokenizer is not None and (params.stop or params.output_kind != RequestOutputKind.FINAL_ONLY):
             seq.detokenizer = TextStream(self.tokenizer, params.skip_special_tokens)
         seqs.append(seq)
-    request = _Request(request_id, text, token_ids, seqs, [[] for _ in seqs], [0.0] * len(seqs))
+    request = _Request(request_id, text, token_ids, seqs, [[] for _ in seqs], [0.0] * len(seqs), [(0, 0)] * len(seqs))
     for i, seq in enumerate(seqs):
         self.requests[seq.seq_id] = (request, i)
         self.scheduler.add(seq)
@@ -128,7 +137,7 @@ def step(self:LLMEngine) -> list[RequestOutput]:
         r.metrics.first_token_time = r.metrics.first_token_time or now
         r.metrics.last_token_time = now
         if r.finished: r.metrics.finished_time = now
-    outputs = [r.output(self.tokenizer) for r in updated.values()]
+    outputs = [r.output(self.tokenizer) for r in updated.values() if r.finished or r.output_kind != RequestOutputKind.FINAL_ONLY]
     for r in updated.values():
         if r.finished:
             for seq in r.seqs: del self.requests[seq.seq_id]
