@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['token_slots', 'store_kvcache_reference', 'store_kvcache', 'gather_kv', 'paged_prefill_reference',
            'paged_decode_reference', 'paged_prefill_attention', 'flash_varlen_attention', 'paged_decode_attention',
-           'reference_backend', 'triton_backend', 'default_backend']
+           'reference_backend', 'triton_backend', 'sdpa_decode', 'sdpa_backend', 'default_backend']
 
 # %% ../../nbs/06_paged_attention.ipynb #3f5b6903
 # Triton decides between compiling and interpreting a kernel when it is *decorated*, so this must run before
@@ -475,6 +475,32 @@ def triton_backend(q:Tensor, k:Tensor, v:Tensor, k_cache:Tensor, v_cache:Tensor,
         o = paged_decode_attention(q, k_cache, v_cache, ctx.context_lens, ctx.block_tables, scale)
     return o.flatten(1)
 
+def sdpa_decode(q:Tensor,            # [B, num_heads, head_dim] one query per sequence
+                k_cache:Tensor,      # [num_blocks, block_size, num_kv_heads, head_dim]
+                v_cache:Tensor,      # same shape
+                context_lens:Tensor, # [B] int32 keys per sequence
+                block_tables:Tensor, # [B, max_blocks] int32, -1 padded
+                scale:float=None,
+               ) -> Tensor:          # [B, num_heads, head_dim]
+    "Decode attention for the whole batch in a few PyTorch ops: gather every block at once, mask, one fused SDPA."
+    group = q.shape[1] // k_cache.shape[2]
+    tables = block_tables.clamp(min=0).long()  # a -1 entry reads block 0, masked out below
+    positions = torch.arange(tables.shape[1] * k_cache.shape[1], device=q.device)
+    valid = (positions < context_lens[:, None]) & (block_tables >= 0).repeat_interleave(k_cache.shape[1], 1)  # [B, L]
+    def gather(cache):  # [B, H, L, D]; slots that are not keys hold whatever the cache holds (even NaN): zero them
+        x = torch.where(valid[:, :, None, None], cache[tables].flatten(1, 2), 0.0)
+        return x.transpose(1, 2).repeat_interleave(group, 1)
+    o = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], gather(k_cache), gather(v_cache),
+                                                         attn_mask=valid[:, None, None], scale=scale)[:, :, 0]
+    return torch.where(valid.any(1)[:, None, None], o, 0.0)  # a row with no key (padding) is 0, as in the kernels
+
+def sdpa_backend(q:Tensor, k:Tensor, v:Tensor, k_cache:Tensor, v_cache:Tensor, ctx:Context, scale:float) -> Tensor:
+    "The reference backend with batched decode (`sdpa_decode`): the fast path where there are no Triton kernels."
+    if ctx.is_prefill: return reference_backend(q, k, v, k_cache, v_cache, ctx, scale)
+    if k_cache.numel() and ctx.slot_mapping is not None:
+        store_kvcache_reference(k, v, k_cache, v_cache, ctx.slot_mapping)
+    return sdpa_decode(q, k_cache, v_cache, ctx.context_lens, ctx.block_tables, scale).flatten(1)
+
 def default_backend(device) -> Callable:
-    "The fastest backend that runs on `device`: Triton kernels on CUDA, the PyTorch reference elsewhere."
-    return triton_backend if torch.device(device).type == "cuda" and HAS_TRITON else reference_backend
+    "The fastest backend that runs on `device`: Triton kernels on CUDA, PyTorch with batched decode elsewhere."
+    return triton_backend if torch.device(device).type == "cuda" and HAS_TRITON else sdpa_backend
