@@ -54,15 +54,19 @@ def github_slug(heading: str) -> str:
     return re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
 
 
-def readme_links(text: str):
-    text = re.sub(r'^```.*?^```', '', text, flags=re.S | re.M)  # code is not links
+def without_code(text: str) -> str:
+    "Markdown with its fenced code blocks removed: code holds neither links nor headings."
+    return re.sub(r'^```.*?^```', '', text, flags=re.S | re.M)
+
+
+def readme_links(text: str):  # text: Markdown without code blocks
     yield from re.findall(r'\]\(([^)\s]+)(?:\s+"[^"]*")?\)', text)
     yield from re.findall(r'(?:href|src)="([^"]+)"', text)
 
 
 def check_readme(readme: Path) -> list[str]:
-    text = readme.read_text()
-    slugs = frozenset(github_slug(h) for h in re.findall(r'^#+\s+(.*)$', re.sub(r'^```.*?^```', '', text, flags=re.S | re.M), re.M))
+    text = without_code(readme.read_text())
+    slugs = frozenset(github_slug(h) for h in re.findall(r'^#+\s+(.*)$', text, re.M))
     def ids_of(target): return slugs if target == readme else None  # GitHub shows no anchors inside notebooks
     return [f'{readme.name}: {why}' for url in readme_links(text) if is_internal(url) if (why := check(readme, url, ids_of))]
 
