@@ -146,7 +146,7 @@ def check_invariants(self:BlockManager, seqs:list[Sequence]): # every sequence t
     for s in seqs:
         require(len(set(s.block_table)) == len(s.block_table), f"sequence {s.seq_id} holds a block twice")
         require(s.num_cached_tokens % bs == 0 and s.num_cached_tokens <= s.num_computed_tokens <= min(
-            s.num_tokens, len(s.block_table) * bs), f"sequence {s.seq_id}: inconsistent counters {s}")
+            s.num_tokens + s.num_pending_tokens, len(s.block_table) * bs), f"sequence {s.seq_id}: inconsistent counters {s}")
         hashed = [pool.blocks[b].hash != -1 for b in s.block_table]
         require(hashed == sorted(hashed, reverse=True), f"sequence {s.seq_id}: hashed blocks are not a prefix")
         h = -1
@@ -206,11 +206,12 @@ def mark_computed(self:BlockManager, seq:Sequence):
         raise ValueError(f"sequence {seq.seq_id} claims {seq.num_computed_tokens} computed tokens "
                          f"but its blocks hold only {len(seq.block_table) * self.block_size}")
     if not self.enable_prefix_caching: return
-    blocks = [self.pool.blocks[b] for b in seq.block_table]
-    num_full = seq.num_computed_tokens // self.block_size
+    blocks, table = self.pool.blocks, seq.block_table
+    num_full = min(seq.num_computed_tokens, seq.num_tokens) // self.block_size  # a pending token's id is unknown yet
+    if num_full == 0 or blocks[table[num_full - 1]].hash != -1: return  # nothing new: most decode steps
     first = num_full  # hashed blocks are a prefix of the table: walk back to the first unhashed one
-    while first > 0 and blocks[first - 1].hash == -1: first -= 1
-    h = blocks[first - 1].hash if first > 0 else -1
+    while first > 0 and blocks[table[first - 1]].hash == -1: first -= 1
+    h = blocks[table[first - 1]].hash if first > 0 else -1
     for i in range(first, num_full):
         h = self.compute_hash(seq.block(i), h)
         self.pool.register(seq.block_table[i], h, seq.block(i))

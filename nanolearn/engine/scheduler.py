@@ -65,7 +65,7 @@ def _take(self:Scheduler, batch:ScheduledBatch, seq:Sequence, n:int):
     "Add n tokens of seq to the batch and count them as computed from now on."
     batch.seqs.append(seq); batch.num_new_tokens.append(n); batch.start_positions.append(seq.num_computed_tokens)
     seq.num_computed_tokens += n
-    batch.completes.append(seq.num_computed_tokens == seq.num_tokens)
+    batch.completes.append(seq.num_computed_tokens == seq.num_tokens + seq.num_pending_tokens)
     self.block_manager.mark_computed(seq)
 
 # %% ../../nbs/08_scheduler.ipynb #16958554
@@ -73,13 +73,13 @@ def _take(self:Scheduler, batch:ScheduledBatch, seq:Sequence, n:int):
 def _schedule_prefill(self:Scheduler) -> ScheduledBatch|None:
     batch, budget = ScheduledBatch([], True, [], [], []), self.max_num_batched_tokens
     for seq in self.running:  # unfinished chunked prefills first: they already hold blocks
-        remaining = seq.num_tokens - seq.num_computed_tokens
+        remaining = seq.num_tokens + seq.num_pending_tokens - seq.num_computed_tokens
         if remaining > 1 and budget > 0:
             n = min(remaining, budget)
             self._take(batch, seq, n); budget -= n
     while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
         seq = self.waiting[0]
-        if not self.block_manager.can_allocate(seq): break
+        if seq.num_pending_tokens or not self.block_manager.can_allocate(seq): break  # preempted, its last token unread
         self.block_manager.allocate(seq)  # may find a cached prefix: num_computed_tokens > 0
         seq.status = SequenceStatus.RUNNING
         self.running.append(self.waiting.popleft())
@@ -90,16 +90,19 @@ def _schedule_prefill(self:Scheduler) -> ScheduledBatch|None:
 # %% ../../nbs/08_scheduler.ipynb #eca95278
 @patch
 def _schedule_decode(self:Scheduler) -> ScheduledBatch|None:
-    batch = ScheduledBatch([], False, [], [], [])
+    batch, kept = ScheduledBatch([], False, [], [], []), []
     while self.running and len(batch.seqs) < self.max_num_seqs:
         seq = self.running.popleft()
+        if seq.num_pending_tokens and self.stop_checker.length_reached(seq, seq.num_pending_tokens):
+            kept.append(seq); continue  # its pending token ends it: a step for it would be thrown away
         while not self.block_manager.can_append(seq):
             if self.running: self._preempt(self.running.pop())  # the youngest gives way
             else: self._preempt(seq); break
         else:
             self.block_manager.may_append(seq)
             self._take(batch, seq, 1)
-    self.running.extendleft(reversed(batch.seqs))
+            kept.append(seq)
+    self.running.extendleft(reversed(kept))
     return batch if batch.seqs else None
 
 @patch
@@ -117,17 +120,23 @@ def schedule(self:Scheduler) -> ScheduledBatch|None:
     return self._schedule_prefill() or self._schedule_decode()
 
 @patch
-def postprocess(self:Scheduler, batch:ScheduledBatch, token_ids:list[int|None]):
+def postprocess(self:Scheduler, batch:ScheduledBatch, token_ids:list[int|None]) -> list[Sequence]:
     "Record a step's sampled tokens (`token_ids[i]` is None where sequence i did not complete); retire those that finished."
+    accepted = []
     for seq, completes, token in zip(batch.seqs, batch.completes, token_ids):
         if not completes: continue
+        if seq.num_pending_tokens: seq.num_pending_tokens -= 1  # the host has read it now
+        if seq.is_finished: continue  # it stopped at the step before, which the host learned late: one token too many
         seq.append_token(token)
+        accepted.append(seq)
         reason = self.stop_checker(seq)
         if reason is not None: self.finish(seq, reason)
+    return accepted
 
 @patch
 def finish(self:Scheduler, seq:Sequence, reason:str):
-    "Retire a running sequence and free its blocks; `reason` is what its output reports ('stop', 'length', 'abort')."
+    "Retire a sequence and free its blocks; `reason` is what its output reports ('stop', 'length', 'abort')."
+    queue = self.waiting if seq.status == SequenceStatus.WAITING else self.running  # a preempted one waits
     seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
     self.block_manager.deallocate(seq)
-    self.running.remove(seq)
+    queue.remove(seq)

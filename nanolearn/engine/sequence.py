@@ -36,6 +36,7 @@ class Sequence:
         self.num_prompt_tokens = self.num_tokens
         self.num_cached_tokens = 0
         self.num_computed_tokens = 0
+        self.num_pending_tokens = 0  # sampled on the device, not yet appended here (overlapped steps, chapter 10d)
         self.block_table: list[int] = []
         self.block_size = block_size
         self.sampling_params = sampling_params if sampling_params is not None else SamplingParams()
@@ -64,8 +65,8 @@ class Sequence:
 
     @property
     def num_blocks(self):
-        "Blocks needed to hold all `num_tokens` tokens."
-        return (self.num_tokens + self.block_size - 1) // self.block_size
+        "Blocks needed to hold all its tokens: the `num_tokens` known ones and any still pending on the device."
+        return (self.num_tokens + self.num_pending_tokens + self.block_size - 1) // self.block_size
 
     @property
     def num_cached_blocks(self):

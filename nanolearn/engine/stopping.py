@@ -59,6 +59,11 @@ class StopChecker:
         if self.max_model_len is not None and seq.num_tokens >= self.max_model_len: return "length"
         return None
 
+    def length_reached(self, seq:Sequence, extra:int=0) -> bool:
+        "Will `seq` have reached a length limit once `extra` more tokens are appended? (Whatever those tokens are.)"
+        if seq.num_completion_tokens + extra >= seq.sampling_params.max_tokens: return True
+        return self.max_model_len is not None and seq.num_tokens + extra >= self.max_model_len
+
 # %% ../../nbs/07c_stopping.ipynb #29be16ad
 def output_text(seq:Sequence, tokenizer=None) -> str:
     "The completion's text as it may be shown now: trimmed at a stop string and, while running, holding back a possible one."
