@@ -243,13 +243,14 @@ def run_bench(model:str|None=None,           # a model directory or hub id; None
               hf:bool=False,                 # also time transformers' generate, in the same process
               hf_num_seqs:int|None=None,     # ...on the first this many sequences (default: all)
               hf_batch_size:int=128,         # ...this many at a time
-              enforce_eager:bool=False, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
+              enforce_eager:bool=False, async_scheduling:bool|None=None, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
               max_num_batched_tokens:int=8192, device:str|None=None, use_tqdm:bool=True) -> dict:
     "Benchmark the engine on the reference workload, cold then warm, against the roofline measured on this device."
     workload = reference_workload(num_seqs, min_len, max_len, seed)
     if hf and (hf_batch_size < 1 or (hf_num_seqs is not None and hf_num_seqs < 1)):
         raise ValueError(f"hf_batch_size and hf_num_seqs must be >= 1, got {hf_batch_size} and {hf_num_seqs}")
     engine_args = dict(skip_tokenizer_init=True, enable_prefix_caching=False, enforce_eager=enforce_eager,
+                       async_scheduling=async_scheduling,
                        gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                        max_num_batched_tokens=max_num_batched_tokens, device=device)
     device = torch.device(EngineArgs.from_kwargs(**engine_args).device)  # checks the engine's arguments now
@@ -271,7 +272,8 @@ def run_bench(model:str|None=None,           # a model directory or hub id; None
         model=dict(name="Qwen3-0.6B-random" if model is None else Path(str(model)).name,
                    path=str(model_dir), random_weights=model is None, architecture=config.hf_config.architectures[0],
                    dtype=str(config.dtype).removeprefix("torch."), shape=asdict(shape)),
-        engine=dict(engine_args, device=str(device), startup_seconds=startup_seconds, num_kv_blocks=num_kv_blocks),
+        engine=dict(engine_args, device=str(device), async_scheduling=config.async_scheduling,
+                    startup_seconds=startup_seconds, num_kv_blocks=num_kv_blocks),
         workload=dict(num_seqs=num_seqs, min_len=min_len, max_len=max_len, seed=seed,
                       input_tokens=workload.input_tokens, output_tokens=workload.output_tokens),
         roofline=floor, runs=runs,

@@ -31,6 +31,7 @@ class EngineArgs:
     gpu_memory_utilization: float = 0.9    # fraction of GPU memory the engine may use (weights + activations + KV)
     enable_prefix_caching: bool = True
     enforce_eager: bool = False            # never replay decode steps from CUDA graphs (chapter 11)
+    async_scheduling: bool|None = None     # schedule step n+1 while the device runs step n (chapter 10d); None: on CUDA
     num_gpu_blocks_override: int|None = None  # KV-cache size in blocks, on any device
     kv_cache_memory_bytes: int|None = None    # KV-cache budget in bytes (CPU default: 1 GiB)
     seed: int = 0
@@ -98,6 +99,7 @@ class EngineConfig:
     num_layers: int
     num_kv_heads: int              # key/value heads held by this rank
     head_dim: int
+    async_scheduling: bool         # overlap the host's work for a step with the device's for the one before
 
     @property
     def block_size(self) -> int: return self.args.block_size
@@ -132,4 +134,5 @@ def create_engine_config(self:EngineArgs) -> EngineConfig:
                         eos_token_ids=eos_token_ids(hf_config, model_path, tokenizer),
                         num_layers=hf_config.num_hidden_layers,
                         num_kv_heads=hf_config.num_key_value_heads // self.tensor_parallel_size,
-                        head_dim=head_dim(hf_config))
+                        head_dim=head_dim(hf_config),
+                        async_scheduling=device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)

@@ -152,6 +152,8 @@ class SamplingBatch:
               vocab_size:int,               # logits width
               device:torch.device|str="cpu",
               eos_token_ids:Iterable[int]=(), # masked, with stop_token_ids, until min_tokens are generated
+              num_generated:list[int]|None=None, # tokens each row has generated; default: from token_ids, but
+                                                 # the engine counts tokens still on the device too (chapter 10d)
              ) -> SamplingBatch:
         B = len(params)
         if not (B == len(token_ids) == len(num_prompt_tokens)):
@@ -159,7 +161,7 @@ class SamplingBatch:
         def tensor(values, dtype): return to_device(values, dtype, device)
         greedy = [p.greedy for p in params]
         batch = cls(num_rows=B, all_greedy=all(greedy), any_greedy=any(greedy))
-        num_generated = [len(t) - n for t, n in zip(token_ids, num_prompt_tokens)]
+        if num_generated is None: num_generated = [len(t) - n for t, n in zip(token_ids, num_prompt_tokens)]
         if not batch.all_greedy:
             batch.temperature = tensor([p.temperature for p in params], torch.float32)
             top_k = [0 if g or p.top_k < 1 else min(p.top_k, vocab_size) for p, g in zip(params, greedy)]

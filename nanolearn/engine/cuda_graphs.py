@@ -26,38 +26,35 @@ def padded_batch_size(num_seqs:int, sizes:list[int]) -> int:
 
 # %% ../../nbs/11_cuda_graphs.ipynb #dcaea515
 class DecodeGraphs:
-    "Decode steps captured as CUDA graphs, one per batch size, replayed with each step's inputs copied in."
+    "Decode steps captured as CUDA graphs, one per batch size, replayed on the inputs the runner wrote into its buffers."
     def __init__(self, model:torch.nn.Module, # the model; its attention layers already hold their KV-cache views
+                 buffers,                     # the runner's StepBuffers: input_ids, positions, slot_mapping, context_lens, block_tables
                  max_num_seqs:int,            # the largest decode batch
-                 max_num_blocks:int,          # block-table width: blocks of the longest sequence
                  hidden_size:int, dtype:torch.dtype, device:torch.device,
                  backend):                    # the attention backend the context names
-        self.model, self.backend, self.sizes = model, backend, graph_batch_sizes(max_num_seqs)
-        n = max_num_seqs
-        zeros = lambda *shape, dtype=torch.int64: torch.zeros(*shape, dtype=dtype, device=device)
-        self.input_ids, self.positions, self.slot_mapping = zeros(n), zeros(n), zeros(n)
-        self.context_lens = zeros(n, dtype=torch.int32)
-        self.block_tables = torch.full((n, max_num_blocks), -1, dtype=torch.int32, device=device)
-        self.hidden = torch.zeros(n, hidden_size, dtype=dtype, device=device)
+        self.model, self.buffers, self.backend, self.sizes = model, buffers, backend, graph_batch_sizes(max_num_seqs)
+        self.hidden = torch.zeros(max_num_seqs, hidden_size, dtype=dtype, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         start = time.perf_counter()
         self._capture()
         self.capture_seconds = time.perf_counter() - start
 
     def _context(self, size:int) -> Context:
-        return set_context(is_prefill=False, slot_mapping=self.slot_mapping[:size], context_lens=self.context_lens[:size],
-                           block_tables=self.block_tables[:size], backend=self.backend)
+        b = self.buffers
+        return set_context(is_prefill=False, slot_mapping=b.slot_mapping[:size], context_lens=b.context_lens[:size],
+                           block_tables=b.block_tables[:size], backend=self.backend)
 
     @torch.inference_mode()
     def _capture(self):
-        pool = None
+        b, pool = self.buffers, None
+        b.input_ids.zero_(); b.positions.zero_(); b.slot_mapping.fill_(-1); b.context_lens.zero_()  # no writes, no reads
         for size in reversed(self.sizes):
             graph = torch.cuda.CUDAGraph()
             self._context(size)
             try:
-                self.hidden[:size] = self.model(self.input_ids[:size], self.positions[:size])  # warm up, compile
+                self.hidden[:size] = self.model(b.input_ids[:size], b.positions[:size])  # warm up, compile
                 with torch.cuda.graph(graph, pool):
-                    self.hidden[:size] = self.model(self.input_ids[:size], self.positions[:size])
+                    self.hidden[:size] = self.model(b.input_ids[:size], b.positions[:size])
             finally: reset_context()
             pool = pool or graph.pool()
             self.graphs[size] = graph
@@ -66,17 +63,11 @@ class DecodeGraphs:
     @property
     def max_num_seqs(self) -> int: return self.sizes[-1]
 
-    def replay(self, input_ids:Tensor, positions:Tensor, ctx:Context) -> Tensor:
-        "The hidden states of one decode step (inputs as the runner prepared them), from the graph of its padded size."
-        num_seqs, width = ctx.block_tables.shape
-        size = padded_batch_size(num_seqs, self.sizes)
-        self.input_ids[:num_seqs] = input_ids
-        self.positions[:num_seqs] = positions
-        self.slot_mapping[:num_seqs] = ctx.slot_mapping
-        self.slot_mapping[num_seqs:size] = -1  # padding rows store nothing...
-        self.context_lens[:num_seqs] = ctx.context_lens
-        self.context_lens[num_seqs:size] = 0   # ...and attend to nothing
-        self.block_tables[:size] = -1
-        self.block_tables[:num_seqs, :width] = ctx.block_tables
-        self.graphs[size].replay()
+    def padded_size(self, num_seqs:int) -> int|None:
+        "The batch size of the graph that runs num_seqs sequences; None if no graph is large enough."
+        return padded_batch_size(num_seqs, self.sizes) if num_seqs <= self.max_num_seqs else None
+
+    def replay(self, num_seqs:int) -> Tensor:
+        "The hidden states of the decode step the runner wrote into the buffers, padded to `padded_size(num_seqs)`."
+        self.graphs[self.padded_size(num_seqs)].replay()
         return self.hidden[:num_seqs]

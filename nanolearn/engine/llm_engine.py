@@ -12,7 +12,8 @@ from .sequence import Sequence
 from .block_manager import BlockManager
 from .scheduler import Scheduler
 from .stopping import StopChecker, TextStream, output_text
-from .runner import ModelRunner
+from .scheduler import ScheduledBatch
+from .runner import ModelRunner, StepHandle
 from ..outputs import Logprob, CompletionOutput, RequestOutput, RequestMetrics
 from ..sampling import SamplingParams, SamplerOutput, RequestOutputKind
 
@@ -65,8 +66,10 @@ class LLMEngine:
         self.requests: dict[int, tuple[_Request, int]] = {}  # seq_id -> (its request, its sample's index)
         self.stats = dict(num_steps=0, prompt_tokens=0, computed_prefill_tokens=0, generation_tokens=0, busy_seconds=0.0)
         self._request_ids = itertools.count()
+        self.in_flight: tuple[ScheduledBatch, StepHandle]|None = None  # launched, its tokens not read yet (overlap)
+        self._num_history_seqs = 0  # live sequences whose sampling needs every earlier token on the host
 
-    def has_unfinished_requests(self) -> bool: return not self.scheduler.is_finished()
+    def has_unfinished_requests(self) -> bool: return not self.scheduler.is_finished() or self.in_flight is not None
 
 # %% ../../nbs/10d_llm_engine.ipynb #a2e5032c
 @patch
@@ -94,6 +97,10 @@ def check_request(self:LLMEngine, token_ids:list[int], params:SamplingParams):
     self.scheduler.check_fits(len(token_ids), params.max_tokens)
 
 # %% ../../nbs/10d_llm_engine.ipynb #3fcd3a00
+def _needs_history(params:SamplingParams) -> bool:
+    "Penalties read every token generated so far: a step can't be prepared before the host knows the last one."
+    return params.repetition_penalty != 1 or bool(params.frequency_penalty) or bool(params.presence_penalty)
+
 @patch
 def add_request(self:LLMEngine, prompt, params:SamplingParams|None=None) -> str:
     "Check and queue a request; returns its id."
@@ -112,6 +119,7 @@ def add_request(self:LLMEngine, prompt, params:SamplingParams|None=None) -> str:
     for i, seq in enumerate(seqs):
         self.requests[seq.seq_id] = (request, i)
         self.scheduler.add(seq)
+    self._num_history_seqs += len(seqs) * _needs_history(params)
     self.stats["prompt_tokens"] += len(token_ids) * params.n
     return request_id
 
@@ -119,14 +127,40 @@ def add_request(self:LLMEngine, prompt, params:SamplingParams|None=None) -> str:
 @patch
 def step(self:LLMEngine) -> list[RequestOutput]:
     "Run one step; returns an output for every request that got a new token (finished ones included)."
+    previous, self.in_flight = self.in_flight, None
+    if previous is None and self.scheduler.is_finished(): return []
+    start, outputs = time.perf_counter(), []
+    if previous is not None and not self._may_overlap():  # read the last step before scheduling the next
+        outputs += self._finish(*previous); previous = None
     batch = self.scheduler.schedule()
-    if batch is None: return []
-    start = time.perf_counter()
-    tokens, sampler_output = self.runner.run(batch)
-    self.scheduler.postprocess(batch, tokens)
-    sampled = [seq for seq, token in zip(batch.seqs, tokens) if token is not None]
+    launched = self._launch(batch) if batch is not None else None
+    if previous is not None: outputs += self._finish(*previous)  # while the device runs the step just launched
+    if launched is not None:
+        if self.config.async_scheduling: self.in_flight = launched
+        else: outputs += self._finish(*launched)
+    self.stats["busy_seconds"] += time.perf_counter() - start
+    return outputs
+
+@patch
+def _may_overlap(self:LLMEngine) -> bool: return self.config.async_scheduling and self._num_history_seqs == 0
+
+@patch
+def _launch(self:LLMEngine, batch:ScheduledBatch) -> tuple[ScheduledBatch, StepHandle]:
+    "Queue the step on the device; each completing sequence has a token pending until the host reads it."
+    handle = self.runner.launch(batch)
+    for seq, completes in zip(batch.seqs, batch.completes):
+        if completes: seq.num_pending_tokens += 1
+    return batch, handle
+
+@patch
+def _finish(self:LLMEngine, batch:ScheduledBatch, handle:StepHandle) -> list[RequestOutput]:
+    "Read a launched step's tokens, postprocess them, and build the outputs of the requests that got one."
+    tokens, sampler_output = handle.result()
+    accepted = {seq.seq_id for seq in self.scheduler.postprocess(batch, tokens)}
+    sampled = [seq for seq, token in zip(batch.seqs, tokens) if token is not None]  # the sampler's rows
     updated = {}
     for seq, logprobs in zip(sampled, self._logprobs(sampler_output, sampled)):
+        if seq.seq_id not in accepted: continue  # it had already stopped: the token was dropped
         request, i = self.requests[seq.seq_id]
         if logprobs is not None:
             request.logprobs[i].append(logprobs)
@@ -141,10 +175,10 @@ def step(self:LLMEngine) -> list[RequestOutput]:
     for r in updated.values():
         if r.finished:
             for seq in r.seqs: del self.requests[seq.seq_id]
+            self._num_history_seqs -= len(r.seqs) * _needs_history(r.seqs[0].sampling_params)
     s = self.stats
-    s["busy_seconds"] += time.perf_counter() - start
     s["num_steps"] += 1
-    s["generation_tokens"] += len(sampled)
+    s["generation_tokens"] += len(accepted)
     if batch.is_prefill: s["computed_prefill_tokens"] += batch.num_tokens
     return outputs
 

@@ -4,23 +4,24 @@
 
 # %% ../../nbs/10b_runner.ipynb #1a1dff69
 from __future__ import annotations
-import math
+import itertools, math
+from dataclasses import dataclass, fields, replace
+import numpy as np
 import torch
 from torch import Tensor
 from fastcore.basics import patch
-from ..utils import to_device
 from ..config import EngineConfig
 from ..models import get_model
-from ..layers.attention import Attention, set_context, reset_context, get_context
+from ..layers.attention import Attention, set_context, reset_context
 from ..layers.paged_attention import default_backend
 from .sequence import Sequence
 from .scheduler import ScheduledBatch
 from .cuda_graphs import DecodeGraphs
 from ..layers.fused import use_fused_kernels
-from ..sampling import SamplingBatch, Sampler, SamplerOutput
+from ..sampling import SamplingBatch, SamplingParams, Sampler, SamplerOutput
 
 # %% auto #0
-__all__ = ['ModelRunner']
+__all__ = ['ModelRunner', 'StepBuffers', 'PreparedStep', 'StepHandle']
 
 # %% ../../nbs/10b_runner.ipynb #f4d44c6f
 class ModelRunner:
@@ -34,9 +35,11 @@ class ModelRunner:
         self.backend = default_backend(config.device)
         self.num_blocks = self.num_kv_blocks()
         self.allocate_kv_cache()
+        self.allocate_step_buffers()
         self.graphs = None if self.device.type != "cuda" or config.args.enforce_eager else DecodeGraphs(
-            self.model, config.args.max_num_seqs, math.ceil(config.max_model_len / config.block_size),
-            config.hf_config.hidden_size, config.dtype, self.device, self.backend)  # chapter 11
+            self.model, self.buffers, config.args.max_num_seqs, config.hf_config.hidden_size,
+            config.dtype, self.device, self.backend)  # chapter 11
+        if self.device.type == "cuda": self.warm_up()
 
 @patch
 def num_kv_blocks(self:ModelRunner) -> int:
@@ -82,63 +85,230 @@ def allocate_kv_cache(self:ModelRunner):
     self.kv_cache = torch.empty(2, c.num_layers, self.num_blocks, *c.kv_block_shape, dtype=c.dtype, device=self.device)
     for i, layer in enumerate(layers): layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
 
+# %% ../../nbs/10b_runner.ipynb #70933525
+@dataclass
+class StepBuffers:
+    "A step's input tensors, allocated once at their largest; each step uses their first rows."
+    input_ids: Tensor     # [max_tokens] int64
+    positions: Tensor     # [max_tokens] int64
+    slot_mapping: Tensor  # [max_tokens] int64; -1: store nothing
+    sample_rows: Tensor   # [max_seqs] int64 rows of the step's hidden states whose logits are sampled
+    seq_rows: Tensor      # [max_seqs] int64 each step sequence's row in the runner's per-sequence state
+    pending: Tensor       # [max_seqs] int64 step rows whose input token is still on the device
+    context_lens: Tensor  # [max_seqs] int32
+    cu_seqlens_q: Tensor  # [max_seqs + 1] int32
+    cu_seqlens_k: Tensor  # [max_seqs + 1] int32
+    block_tables: Tensor  # [max_seqs, max_blocks] int32; -1: no block
+
+    @classmethod
+    def allocate(cls, max_tokens:int, max_seqs:int, max_blocks:int, device, pin_memory:bool=False) -> StepBuffers:
+        def new(*shape, dtype=torch.int64, fill=0):
+            return torch.full(shape, fill, dtype=dtype, device=device, pin_memory=pin_memory)
+        return cls(new(max_tokens), new(max_tokens), new(max_tokens), new(max_seqs), new(max_seqs), new(max_seqs),
+                   new(max_seqs, dtype=torch.int32), new(max_seqs + 1, dtype=torch.int32),
+                   new(max_seqs + 1, dtype=torch.int32), new(max_seqs, max_blocks, dtype=torch.int32, fill=-1))
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        "NumPy views of host buffers, to fill without copies."
+        return {f.name: getattr(self, f.name).numpy() for f in fields(self)}
+
+# %% ../../nbs/10b_runner.ipynb #17561c05
+@patch
+def allocate_step_buffers(self:ModelRunner):
+    "The step's device buffers, their pinned host twins, the host block table and the device's last sampled tokens."
+    c, on_cuda = self.config, self.device.type == "cuda"
+    max_tokens, rows = max(c.args.max_num_batched_tokens, c.args.max_num_seqs), c.args.max_num_seqs
+    self.max_blocks = math.ceil(c.max_model_len / c.block_size)
+    self.buffers = StepBuffers.allocate(max_tokens, rows, self.max_blocks, self.device)
+    self._host = [StepBuffers.allocate(max_tokens, rows, self.max_blocks, "cpu", pin_memory=True) for _ in range(2)] \
+                 if on_cuda else [self.buffers]
+    self._host_views = [h.numpy() for h in self._host]
+    self._host_free = [None] * len(self._host)  # per twin: an event recorded after its last copies
+    self._turn = 0
+    self.tables = np.full((rows, self.max_blocks), -1, dtype=np.int32)  # host block table, one row per sequence
+    self._row_of: dict[int, int] = {}                 # seq_id -> row
+    self._row_list: list[list[int]|None] = [None] * rows  # the block-table list each row was copied from
+    self._row_len = [0] * rows                          # how many of its entries are copied
+    self._free_rows = list(range(rows - 1, -1, -1))
+    self.last_token = torch.zeros(rows, dtype=torch.int64, device=self.device)
+
+@patch
+def _row(self:ModelRunner, seq:Sequence, batch_seqs:list[Sequence]) -> int:
+    "seq's row of the host block table, with its current block ids."
+    row = self._row_of.get(seq.seq_id)
+    if row is None:
+        if not self._free_rows:  # take back the rows of sequences not in this step
+            live = {s.seq_id for s in batch_seqs}
+            for seq_id in [k for k in self._row_of if k not in live]: self._free_rows.append(self._row_of.pop(seq_id))
+        row = self._row_of[seq.seq_id] = self._free_rows.pop()
+        self._row_list[row] = None
+    table = seq.block_table
+    if self._row_list[row] is not table:  # a new list: (re)allocated
+        self.tables[row] = -1
+        self._row_list[row], self._row_len[row] = table, 0
+    done = self._row_len[row]
+    if len(table) > done:  # blocks were appended since the last step
+        self.tables[row, done:len(table)] = table[done:]
+        self._row_len[row] = len(table)
+    return row
+
 # %% ../../nbs/10b_runner.ipynb #81f9778b
-@patch
-def _slots(self:ModelRunner, seq:Sequence, start:int, end:int) -> list[int]:
-    bs, table = self.config.block_size, seq.block_table
-    return [table[p // bs] * bs + p % bs for p in range(start, end)]
+@dataclass
+class PreparedStep:
+    "A step's inputs in the runner's buffers (views), and how to sample it."
+    input_ids: Tensor         # [T] (a decode step padded for its graph: [size])
+    positions: Tensor
+    num_sampled: int          # sequences that complete: one sampled token each
+    sample_rows: Tensor|None  # [num_sampled] rows of the hidden states to sample; None: the first num_sampled rows
+    seq_rows: Tensor          # [num_sampled] their rows in the runner's per-sequence state (`last_token`)
+    graph_size: int|None = None  # a decode step replayed from the graph of this batch size; None: run eagerly
 
 @patch
-def _block_tables(self:ModelRunner, seqs:list[Sequence]) -> Tensor:
-    width = max(len(s.block_table) for s in seqs)
-    return to_device([s.block_table + [-1] * (width - len(s.block_table)) for s in seqs], torch.int32, self.device)
+def _host_twin(self:ModelRunner) -> tuple[StepBuffers, dict]:
+    "The next pinned twin of the buffers, once the copies out of it are done."
+    self._turn = (self._turn + 1) % len(self._host)
+    if self._host_free[self._turn] is not None: self._host_free[self._turn].synchronize()
+    return self._host[self._turn], self._host_views[self._turn]
 
 @patch
-def prepare(self:ModelRunner, batch:ScheduledBatch) -> tuple[Tensor, Tensor, list[int]]:
-    "Set the step's context; return input ids, positions and the rows whose logits are sampled."
-    ids, positions, slots, sample_rows = [], [], [], []
-    dev = lambda data, dtype: to_device(data, dtype, self.device)
+def _upload(self:ModelRunner, host:StepBuffers, names_sizes:dict[str, int|tuple[int, int]]):
+    "Copy the first rows of the named host buffers to the device buffers, without waiting."
+    if host is self.buffers: return  # on a CPU they are the same tensors
+    for name, size in names_sizes.items():
+        if size == 0: continue
+        src, dst = getattr(host, name), getattr(self.buffers, name)
+        if isinstance(size, tuple):  # a [rows, width] corner of the block table: a contiguous copy, then in place
+            rows, width = size
+            dst[:rows, :width].copy_(src.view(-1)[:rows * width].view(rows, width), non_blocking=True)
+        else: dst[:size].copy_(src[:size], non_blocking=True)
+    event = self._host_free[self._turn] = torch.cuda.Event()
+    event.record()
+
+@patch
+def _table_corner(self:ModelRunner, host:StepBuffers, h:dict, rows:np.ndarray, num_rows:int, width:int) -> tuple[int, int]:
+    "Write the sequences' block-table rows (then -1 rows up to num_rows): in place on a CPU, else contiguous for the copy."
+    table = h["block_tables"]
+    corner = table[:num_rows, :width] if host is self.buffers else table.reshape(-1)[:num_rows * width].reshape(num_rows, width)
+    corner[:len(rows)] = self.tables[rows, :width]
+    corner[len(rows):] = -1
+    return num_rows, width
+
+@patch
+def prepare(self:ModelRunner, batch:ScheduledBatch) -> PreparedStep:
+    "Write the step's inputs into the buffers, set its context, and say how to run and sample it."
+    seqs, bs, buf = batch.seqs, self.config.block_size, self.buffers
+    B = len(seqs)
+    host, h = self._host_twin()
+    rows = np.fromiter((self._row(s, seqs) for s in seqs), np.int64, B)
     if batch.is_prefill:
-        cu_q, cu_k = [0], [0]
-        for seq, start, n, completes in zip(batch.seqs, batch.start_positions, batch.num_new_tokens, batch.completes):
-            ids += seq.token_ids[start:start + n]
-            positions += range(start, start + n)
-            slots += self._slots(seq, start, start + n)
-            cu_q.append(cu_q[-1] + n); cu_k.append(cu_k[-1] + start + n)
-            if completes: sample_rows.append(cu_q[-1] - 1)
-        set_context(is_prefill=True, cu_seqlens_q=dev(cu_q, torch.int32), cu_seqlens_k=dev(cu_k, torch.int32),
-                    max_seqlen_q=max(batch.num_new_tokens), max_seqlen_k=max(b - a for a, b in zip(cu_k, cu_k[1:])),
-                    slot_mapping=dev(slots, torch.int64), block_tables=self._block_tables(batch.seqs), backend=self.backend)
-    else:
-        for seq in batch.seqs:
-            ids.append(seq.last_token); positions.append(seq.num_tokens - 1)
-            slots += self._slots(seq, seq.num_tokens - 1, seq.num_tokens)
-        sample_rows = list(range(len(batch.seqs)))
-        set_context(is_prefill=False, slot_mapping=dev(slots, torch.int64),
-                    context_lens=dev([s.num_tokens for s in batch.seqs], torch.int32),
-                    block_tables=self._block_tables(batch.seqs), backend=self.backend)
-    return dev(ids, torch.int64), dev(positions, torch.int64), sample_rows
+        n = np.array(batch.num_new_tokens, np.int64)
+        starts = np.array(batch.start_positions, np.int64)
+        T, completes = int(n.sum()), np.array(batch.completes)
+        cu_q, cu_k = np.zeros(B + 1, np.int64), np.zeros(B + 1, np.int64)
+        np.cumsum(n, out=cu_q[1:]); np.cumsum(starts + n, out=cu_k[1:])
+        positions = np.repeat(starts - cu_q[:-1], n) + np.arange(T)
+        h["input_ids"][:T] = np.fromiter(itertools.chain.from_iterable(
+            s.token_ids[a:a + k] for s, a, k in zip(seqs, batch.start_positions, batch.num_new_tokens)), np.int64, T)
+        h["positions"][:T] = positions
+        h["slot_mapping"][:T] = self.tables[np.repeat(rows, n), positions // bs] * bs + positions % bs
+        h["cu_seqlens_q"][:B + 1], h["cu_seqlens_k"][:B + 1] = cu_q, cu_k
+        sampled = np.flatnonzero(completes)
+        h["sample_rows"][:len(sampled)] = cu_q[1:][sampled] - 1
+        h["seq_rows"][:len(sampled)] = rows[sampled]
+        width = max(len(s.block_table) for s in seqs)
+        self._upload(host, dict(input_ids=T, positions=T, slot_mapping=T, cu_seqlens_q=B + 1, cu_seqlens_k=B + 1,
+                                sample_rows=len(sampled), seq_rows=len(sampled),
+                                block_tables=self._table_corner(host, h, rows, B, width)))
+        set_context(is_prefill=True, cu_seqlens_q=buf.cu_seqlens_q[:B + 1], cu_seqlens_k=buf.cu_seqlens_k[:B + 1],
+                    max_seqlen_q=int(n.max()), max_seqlen_k=int((starts + n).max()), slot_mapping=buf.slot_mapping[:T],
+                    block_tables=buf.block_tables[:B, :width], backend=self.backend)
+        return PreparedStep(buf.input_ids[:T], buf.positions[:T], len(sampled), buf.sample_rows[:len(sampled)],
+                            buf.seq_rows[:len(sampled)])
+    size = self.graphs.padded_size(B) if self.graphs is not None else None
+    S = size or B
+    lens = np.fromiter((s.num_tokens + s.num_pending_tokens for s in seqs), np.int64, B)
+    positions = lens - 1
+    h["input_ids"][:B] = np.fromiter((s.last_token for s in seqs), np.int64, B)
+    h["positions"][:B] = positions
+    h["slot_mapping"][:B] = self.tables[rows, positions // bs] * bs + positions % bs
+    h["context_lens"][:B] = lens
+    h["input_ids"][B:S] = h["positions"][B:S] = h["context_lens"][B:S] = 0  # padding rows: no keys...
+    h["slot_mapping"][B:S] = -1                                           # ...and nothing stored
+    h["seq_rows"][:B] = rows
+    pending = np.flatnonzero(np.fromiter((s.num_pending_tokens for s in seqs), np.int64, B))
+    h["pending"][:len(pending)] = pending
+    width = -(-int(lens.max()) // bs)
+    self._upload(host, dict(input_ids=S, positions=S, slot_mapping=S, context_lens=S, seq_rows=B, pending=len(pending),
+                            block_tables=self._table_corner(host, h, rows, S, width)))
+    if len(pending) == B: torch.index_select(self.last_token, 0, buf.seq_rows[:B], out=buf.input_ids[:B])
+    elif len(pending):  # tokens still on the device replace what the host wrote
+        idx = buf.pending[:len(pending)]
+        buf.input_ids.index_copy_(0, idx, self.last_token[buf.seq_rows.index_select(0, idx)])
+    set_context(is_prefill=False, slot_mapping=buf.slot_mapping[:S], context_lens=buf.context_lens[:S],
+                block_tables=buf.block_tables[:S, :width], backend=self.backend)
+    return PreparedStep(buf.input_ids[:S], buf.positions[:S], B, None, buf.seq_rows[:B], size)
 
 # %% ../../nbs/10b_runner.ipynb #c109e4f6
+@dataclass
+class StepHandle:
+    "A launched step; `result()` waits for it and returns each sequence's token (None where it did not complete)."
+    completes: list[bool]
+    output: SamplerOutput|None    # host tensors, filled by the device when `event` completes
+    event: torch.cuda.Event|None = None
+
+    def result(self) -> tuple[list[int|None], SamplerOutput|None]:
+        if self.event is not None: self.event.synchronize()
+        tokens = [None] * len(self.completes)
+        if self.output is None: return tokens, None
+        token_ids = iter(self.output.token_ids.tolist())
+        for i, completes in enumerate(self.completes):
+            if completes: tokens[i] = next(token_ids)
+        return tokens, self.output
+
 @patch
 @torch.inference_mode()
-def run(self:ModelRunner, batch:ScheduledBatch) -> tuple[list[int|None], SamplerOutput|None]:
-    "Run one step: each sequence's sampled token (None where it did not complete), and the sampler's output."
-    input_ids, positions, sample_rows = self.prepare(batch)
+def launch(self:ModelRunner, batch:ScheduledBatch) -> StepHandle:
+    "Queue one step on the device: prepare, run the model, sample. Returns at once."
+    step = self.prepare(batch)
     sampled = [seq for seq, completes in zip(batch.seqs, batch.completes) if completes]
     if sampled:
         sampling = SamplingBatch.build([s.sampling_params for s in sampled], [s.token_ids for s in sampled],
                                        [s.num_prompt_tokens for s in sampled], self.config.vocab_size, self.device,
-                                       self.config.eos_token_ids)
+                                       self.config.eos_token_ids,
+                                       [s.num_completion_tokens + s.num_pending_tokens for s in sampled])
     try:
-        if self.graphs is not None and not batch.is_prefill and len(batch.seqs) <= self.graphs.max_num_seqs:
-            hidden = self.graphs.replay(input_ids, positions, get_context())
-        else: hidden = self.model(input_ids, positions)
+        if step.graph_size is not None: hidden = self.graphs.replay(len(batch.seqs))
+        else: hidden = self.model(step.input_ids, step.positions)
     finally: reset_context()
-    tokens = [None] * len(batch.seqs)
-    if not sampled: return tokens, None
-    out = self.sampler(self.model.compute_logits(hidden[to_device(sample_rows, torch.int64, self.device)]), sampling)
-    token_ids = iter(out.token_ids.tolist())
-    for i, completes in enumerate(batch.completes):
-        if completes: tokens[i] = next(token_ids)
-    return tokens, out
+    if not sampled: return StepHandle(batch.completes, None)
+    hidden = hidden[:step.num_sampled] if step.sample_rows is None else hidden.index_select(0, step.sample_rows)
+    out = self.sampler(self.model.compute_logits(hidden), sampling)
+    self.last_token.index_copy_(0, step.seq_rows, out.token_ids)  # the next step may read them here
+    if self.device.type != "cuda": return StepHandle(batch.completes, out)
+    out = replace(out, **{f.name: t.to("cpu", non_blocking=True) for f in fields(out) if (t := getattr(out, f.name)) is not None})
+    event = torch.cuda.Event()
+    event.record()
+    return StepHandle(batch.completes, out, event)
+
+@patch
+def run(self:ModelRunner, batch:ScheduledBatch) -> tuple[list[int|None], SamplerOutput|None]:
+    "Run one step and wait for it: each sequence's sampled token (None where it did not complete), and the sampler's output."
+    return self.launch(batch).result()
+
+# %% ../../nbs/10b_runner.ipynb #dfb1bdfe
+@patch
+@torch.inference_mode()
+def warm_up(self:ModelRunner):
+    "Run one small prefill step, so that its kernels are compiled before the first request."
+    bs, greedy = self.config.block_size, SamplingParams(temperature=0, max_tokens=1)
+    lengths = [n for n in (1, 17, 40) if n < self.config.max_model_len][:self.config.args.max_num_seqs]
+    seqs, first = [], 0
+    for n in lengths:
+        seq = Sequence([0] * n, greedy, bs)
+        blocks = -(-n // bs)
+        if first + blocks > self.num_blocks: break
+        seq.block_table, seq.num_computed_tokens = list(range(first, first + blocks)), n
+        first += blocks; seqs.append(seq)
+    if not seqs: return
+    self.run(ScheduledBatch(seqs, True, [s.num_tokens for s in seqs], [0] * len(seqs), [True] * len(seqs)))
+    for s in seqs: self._free_rows.append(self._row_of.pop(s.seq_id))
