@@ -29,6 +29,7 @@ class ModelRunner:
     def __init__(self, config:EngineConfig):
         self.config, self.device = config, config.device
         torch.manual_seed(config.args.seed)
+        self._baseline = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0  # others' tensors
         self.model = get_model(config.model_path, config.device, config.dtype, config.hf_config)
         if self.device.type == "cuda": use_fused_kernels(self.model)  # one Triton kernel per small op (chapter 11b)
         self.sampler = Sampler()
@@ -66,7 +67,7 @@ def profile_free_cuda_memory(self:ModelRunner) -> int:
         self.model.compute_logits(hidden[-args.max_num_seqs:])
     finally: reset_context()
     torch.cuda.synchronize(self.device)
-    peak = torch.cuda.max_memory_allocated(self.device)  # weights + the largest step's activations
+    peak = torch.cuda.max_memory_allocated(self.device) - self._baseline  # weights + the largest step's activations
     del hidden; torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(self.device)
     share = total * args.gpu_memory_utilization - peak
