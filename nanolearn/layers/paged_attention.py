@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['token_slots', 'store_kvcache_reference', 'store_kvcache', 'gather_kv', 'paged_prefill_reference',
            'paged_decode_reference', 'paged_prefill_attention', 'flash_varlen_attention', 'paged_decode_attention',
-           'reference_backend', 'triton_backend', 'sdpa_decode', 'sdpa_backend', 'default_backend']
+           'reference_backend', 'triton_backend', 'decode_gather_index', 'sdpa_decode', 'sdpa_backend',
+           'default_backend']
 
 # %% ../../nbs/06_paged_attention.ipynb #3f5b6903
 # Triton decides between compiling and interpreting a kernel when it is *decorated*, so this must run before
@@ -475,6 +476,28 @@ def triton_backend(q:Tensor, k:Tensor, v:Tensor, k_cache:Tensor, v_cache:Tensor,
         o = paged_decode_attention(q, k_cache, v_cache, ctx.context_lens, ctx.block_tables, scale)
     return o.flatten(1)
 
+class _StepMemo:
+    "The last value computed from a step's tensors: every layer of a step passes the very same tensor objects."
+    def __init__(self, fn): self.fn, self.args, self.value = fn, (), None
+    def __call__(self, *args):
+        if len(args) != len(self.args) or any(a is not b for a, b in zip(args, self.args)):
+            self.args, self.value = args, self.fn(*args)
+        return self.value
+
+@_StepMemo
+def decode_gather_index(context_lens:Tensor, # [B] int32 keys per sequence
+                        block_tables:Tensor, # [B, max_blocks] int32, -1 padded
+                        block_size:int):
+    "Key slots [B, L] up to the longest context (not keys: slot 0), the mask of real keys and the rows with none (or None)."
+    L = max(int(context_lens.max()), 1)
+    positions = torch.arange(L, device=block_tables.device)
+    block_ids = block_tables[:, positions // block_size].long()
+    valid = (positions < context_lens[:, None]) & (block_ids >= 0)
+    slots = block_ids.clamp(min=0) * block_size + positions % block_size
+    if bool(valid.all()): return slots, None, None  # one sequence, or all of one length: no mask at all
+    empty = ~valid.any(1)
+    return slots, valid, empty if bool(empty.any()) else None
+
 def sdpa_decode(q:Tensor,            # [B, num_heads, head_dim] one query per sequence
                 k_cache:Tensor,      # [num_blocks, block_size, num_kv_heads, head_dim]
                 v_cache:Tensor,      # same shape
@@ -482,17 +505,15 @@ def sdpa_decode(q:Tensor,            # [B, num_heads, head_dim] one query per se
                 block_tables:Tensor, # [B, max_blocks] int32, -1 padded
                 scale:float=None,
                ) -> Tensor:          # [B, num_heads, head_dim]
-    "Decode attention for the whole batch in a few PyTorch ops: gather every block at once, mask, one fused SDPA."
-    group = q.shape[1] // k_cache.shape[2]
-    tables = block_tables.clamp(min=0).long()  # a -1 entry reads block 0, masked out below
-    positions = torch.arange(tables.shape[1] * k_cache.shape[1], device=q.device)
-    valid = (positions < context_lens[:, None]) & (block_tables >= 0).repeat_interleave(k_cache.shape[1], 1)  # [B, L]
-    def gather(cache):  # [B, H, L, D]; slots that are not keys hold whatever the cache holds (even NaN): zero them
-        x = torch.where(valid[:, :, None, None], cache[tables].flatten(1, 2), 0.0)
-        return x.transpose(1, 2).repeat_interleave(group, 1)
-    o = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], gather(k_cache), gather(v_cache),
-                                                         attn_mask=valid[:, None, None], scale=scale)[:, :, 0]
-    return torch.where(valid.any(1)[:, None, None], o, 0.0)  # a row with no key (padding) is 0, as in the kernels
+    "Decode attention for the whole batch in a few PyTorch ops: gather every sequence's keys at once, mask, one fused SDPA."
+    slots, valid, empty = decode_gather_index(context_lens, block_tables, k_cache.shape[1])
+    def gather(cache):  # [B, kv_heads, L, D]
+        x = cache.flatten(0, 1)[slots]
+        if valid is not None: x = torch.where(valid[:, :, None, None], x, 0.0)  # not keys: the cache may hold anything, NaN too
+        return x.transpose(1, 2)
+    o = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], gather(k_cache), gather(v_cache), scale=scale,
+        attn_mask=None if valid is None else valid[:, None, None], enable_gqa=True)[:, :, 0]
+    return o if empty is None else torch.where(empty[:, None, None], 0.0, o)  # a row with no key (padding) is 0, as in the kernels
 
 def sdpa_backend(q:Tensor, k:Tensor, v:Tensor, k_cache:Tensor, v_cache:Tensor, ctx:Context, scale:float) -> Tensor:
     "The reference backend with batched decode (`sdpa_decode`): the fast path where there are no Triton kernels."
