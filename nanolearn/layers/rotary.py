@@ -64,6 +64,11 @@ def apply_rotary(x:Tensor,   # [T, num_heads, head_dim] queries or keys
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
 # %% ../../nbs/02_rotary.ipynb #8c0f6ddd
+def _rotate(x:Tensor, cos:Tensor, sin:Tensor) -> Tensor:
+    "`apply_rotary` with full-width [T, 1, D] angles (sin negated in the first half): x*cos + (x2, x1)*sin, one rounding."
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return (x.float() * cos + torch.cat((x2, x1), dim=-1) * sin).to(x.dtype)
+
 class RotaryEmbedding(nn.Module):
     "Rotary position embedding (HF 'rotate half' layout) with a float32 cos/sin cache for every position."
     def __init__(self, head_dim:int,               # channels per head; even
@@ -83,8 +88,17 @@ class RotaryEmbedding(nn.Module):
                ) -> tuple[Tensor, Tensor]:
         if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
             raise ValueError(f"RotaryEmbedding has head_dim {self.head_dim}, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+        cos, sin = self._angles(positions)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    def _angles(self, positions:Tensor) -> tuple[Tensor, Tensor]:
+        "[T, 1, head_dim] cos and sin for these positions, sin negated in the first half; once per step (see below)."
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is positions: return last[1]
         cos, sin = self.cos_cache[positions], self.sin_cache[positions]
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        angles = torch.cat((cos, cos), -1).unsqueeze(1), torch.cat((-sin, sin), -1).unsqueeze(1)
+        self._last = (positions, angles)
+        return angles
 
     def extra_repr(self): return f"head_dim={self.head_dim}, max_position={self.cos_cache.shape[0]}"
 
