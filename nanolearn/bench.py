@@ -243,14 +243,14 @@ def run_bench(model:str|None=None,           # a model directory or hub id; None
               hf:bool=False,                 # also time transformers' generate, in the same process
               hf_num_seqs:int|None=None,     # ...on the first this many sequences (default: all)
               hf_batch_size:int=128,         # ...this many at a time
-              enforce_eager:bool=False, async_scheduling:bool|None=None, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
+              enforce_eager:bool=False, async_scheduling:bool|None=None, fuse_norm_linear:bool=True, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
               max_num_batched_tokens:int=8192, device:str|None=None, use_tqdm:bool=True) -> dict:
     "Benchmark the engine on the reference workload, cold then warm, against the roofline measured on this device."
     workload = reference_workload(num_seqs, min_len, max_len, seed)
     if hf and (hf_batch_size < 1 or (hf_num_seqs is not None and hf_num_seqs < 1)):
         raise ValueError(f"hf_batch_size and hf_num_seqs must be >= 1, got {hf_batch_size} and {hf_num_seqs}")
     engine_args = dict(skip_tokenizer_init=True, enable_prefix_caching=False, enforce_eager=enforce_eager,
-                       async_scheduling=async_scheduling,
+                       async_scheduling=async_scheduling, fuse_norm_linear=fuse_norm_linear,
                        gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
                        max_num_batched_tokens=max_num_batched_tokens, device=device)
     device = torch.device(EngineArgs.from_kwargs(**engine_args).device)  # checks the engine's arguments now

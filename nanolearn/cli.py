@@ -81,6 +81,8 @@ def bench(argv=None):
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="overlap the host's work with the device's (default: on CUDA)")
+    p.add_argument("--fuse-norm-linear", action=argparse.BooleanOptionalAction, default=True,
+                   help="fuse each RMSNorm into the projection after it where that wins (CUDA; default: on)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="fraction of GPU memory the engine may use")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)
@@ -88,7 +90,7 @@ def bench(argv=None):
     try:
         result = run_bench(args.model, args.num_seqs, args.min_len, args.max_len, args.seed, args.out, hf=args.hf,
                            hf_num_seqs=args.hf_num_seqs, hf_batch_size=args.hf_batch_size, enforce_eager=args.enforce_eager,
-                           async_scheduling=args.async_scheduling,
+                           async_scheduling=args.async_scheduling, fuse_norm_linear=args.fuse_norm_linear,
                            gpu_memory_utilization=args.gpu_memory_utilization, device=args.device)
     except (FileNotFoundError, ValueError) as e: sys.exit(f"nanolearn: {e}")
     print(format_table(result))

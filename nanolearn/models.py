@@ -47,8 +47,11 @@ class DecoderAttention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
 
-    def forward(self, positions:Tensor, x:Tensor) -> Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    def forward(self, positions:Tensor, x:Tensor) -> Tensor: return self.from_qkv(positions, self.qkv_proj(x))
+
+    def from_qkv(self, positions:Tensor, qkv:Tensor) -> Tensor:
+        "Everything after the QKV projection (chapter 12 computes `qkv` with the norm before it fused in)."
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
@@ -66,7 +69,9 @@ class MLP(nn.Module):
         self.act_fn = SiluAndMul()
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias=bias)
 
-    def forward(self, x:Tensor) -> Tensor: return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+    def forward(self, x:Tensor) -> Tensor: return self.from_gate_up(self.gate_up_proj(x))
+
+    def from_gate_up(self, gate_up:Tensor) -> Tensor: return self.down_proj(self.act_fn(gate_up))
 
 
 class DecoderLayer(nn.Module):

@@ -18,6 +18,7 @@ from .sequence import Sequence
 from .scheduler import ScheduledBatch
 from .cuda_graphs import DecodeGraphs
 from ..layers.fused import use_fused_kernels
+from ..layers.norm_linear import use_fused_norm_linear
 from ..sampling import SamplingBatch, SamplingParams, Sampler, SamplerOutput
 
 # %% auto #0
@@ -31,7 +32,9 @@ class ModelRunner:
         torch.manual_seed(config.args.seed)
         self._baseline = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0  # others' tensors
         self.model = get_model(config.model_path, config.device, config.dtype, config.hf_config)
-        if self.device.type == "cuda": use_fused_kernels(self.model)  # one Triton kernel per small op (chapter 11b)
+        if self.device.type == "cuda":
+            use_fused_kernels(self.model)  # one Triton kernel per small op (chapter 11b)
+            if config.args.fuse_norm_linear: use_fused_norm_linear(self.model)  # norm + projection, where it wins (chapter 12)
         self.sampler = Sampler()
         self.backend = default_backend(config.device)
         self.num_blocks = self.num_kv_blocks()
