@@ -243,7 +243,7 @@ def run_bench(model:str|None=None,           # a model directory or hub id; None
               hf:bool=False,                 # also time transformers' generate, in the same process
               hf_num_seqs:int|None=None,     # ...on the first this many sequences (default: all)
               hf_batch_size:int=128,         # ...this many at a time
-              enforce_eager:bool=False, async_scheduling:bool|None=None, fuse_norm_linear:bool=True, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
+              enforce_eager:bool=False, async_scheduling:bool|None=None, fuse_norm_linear:bool=False, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
               max_num_batched_tokens:int=8192, device:str|None=None, use_tqdm:bool=True) -> dict:
     "Benchmark the engine on the reference workload, cold then warm, against the roofline measured on this device."
     workload = reference_workload(num_seqs, min_len, max_len, seed)

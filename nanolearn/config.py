@@ -32,7 +32,7 @@ class EngineArgs:
     enable_prefix_caching: bool = True
     enforce_eager: bool = False            # never replay decode steps from CUDA graphs (chapter 11)
     async_scheduling: bool|None = None     # schedule step n+1 while the device runs step n (chapter 10d); None: on CUDA
-    fuse_norm_linear: bool = True          # on CUDA, each RMSNorm fused into the projection after it where that wins (chapter 12)
+    fuse_norm_linear: bool = False         # on CUDA, fuse each RMSNorm into the projection after it (chapter 12: slower end to end, so off)
     num_gpu_blocks_override: int|None = None  # KV-cache size in blocks, on any device
     kv_cache_memory_bytes: int|None = None    # KV-cache budget in bytes (CPU default: 1 GiB)
     seed: int = 0
