@@ -28,6 +28,8 @@ class LLM:
     def _requests(self, prompts, sampling_params) -> list[tuple[dict, SamplingParams]]:
         "Pair prompts with sampling params and check all of them before any is added: a bad one refuses the whole call."
         if isinstance(prompts, (str, dict)): prompts = [prompts]
+        elif not isinstance(prompts, (list, tuple)):
+            raise TypeError(f"prompts must be a str, a dict or a list of them; got {type(prompts).__name__}")
         if sampling_params is None: sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams): sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
@@ -47,14 +49,17 @@ def generate(self:LLM, prompts, sampling_params:SamplingParams|list[SamplingPara
     from tqdm.auto import tqdm
     bar = tqdm(total=len(requests), desc="Processed prompts", disable=not use_tqdm, dynamic_ncols=True)
     start, generated = time.perf_counter(), self.engine.stats["generation_tokens"]
-    while self.engine.has_unfinished_requests():
-        for out in self.engine.step():
-            if out.finished and out.request_id in order:
-                results[order[out.request_id]] = out
-                bar.update(1)
-        rate = (self.engine.stats["generation_tokens"] - generated) / (time.perf_counter() - start)
-        bar.set_postfix_str(f"output {rate:.1f} tok/s", refresh=False)
-    bar.close()
+    try:
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                if out.finished and out.request_id in order:
+                    results[order[out.request_id]] = out
+                    bar.update(1)
+            rate = (self.engine.stats["generation_tokens"] - generated) / (time.perf_counter() - start)
+            bar.set_postfix_str(f"output {rate:.1f} tok/s", refresh=False)
+    finally:  # interrupted (Ctrl-C, an exception): the unfinished requests must not run on in the engine
+        self.engine.abort_request(order)
+        bar.close()
     return results
 
 # %% ../nbs/10e_llm.ipynb #fa296faf
@@ -82,8 +87,10 @@ def stream(self:LLM, prompt, sampling_params:SamplingParams|None=None):
     [(p, params)] = self._requests(prompt, sampling_params)
     if params.n != 1: raise ValueError(f"stream() returns one completion; got n={params.n}")
     request_id = self.engine.add_request(p, replace(params, output_kind=RequestOutputKind.DELTA))
-    while self.engine.has_unfinished_requests():
-        for out in self.engine.step():
-            if out.request_id != request_id: continue
-            if out.outputs[0].text: yield out.outputs[0].text
-            if out.finished: return
+    try:
+        while self.engine.has_unfinished_requests():
+            for out in self.engine.step():
+                if out.request_id != request_id: continue
+                if out.outputs[0].text: yield out.outputs[0].text
+                if out.finished: return
+    finally: self.engine.abort_request(request_id)  # the caller stopped early (break, an exception): stop it too

@@ -141,12 +141,16 @@ def load_config(path:str|os.PathLike) -> PretrainedConfig:
         raise ValueError(f"cannot read the config of {path} (model_type {model_type!r}): {e}") from e
 
 
+_MODEL_TYPES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "qwen3": Qwen3ForCausalLM}
+
 def model_class(config:PretrainedConfig) -> type[CausalLM]:
-    "The nanolearn class for a config's architecture."
+    "The nanolearn class for a config's architecture (or, when it names none, its `model_type`, as transformers does)."
     arch = (getattr(config, "architectures", None) or [None])[0]
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unsupported architecture {arch!r}; nanolearn supports {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch]
+    if arch in ARCHITECTURES: return ARCHITECTURES[arch]
+    model_type = getattr(config, "model_type", None)
+    if arch is None and model_type in _MODEL_TYPES: return _MODEL_TYPES[model_type]
+    raise ValueError(f"unsupported architecture {arch!r} (model_type {model_type!r}); nanolearn supports "
+                     f"{', '.join(ARCHITECTURES)} (model types {', '.join(_MODEL_TYPES)})")
 
 # %% ../nbs/05_models.ipynb #77700118
 _IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # buffers some older checkpoints save; we compute them

@@ -5,6 +5,7 @@
 # %% ../../nbs/10d_llm_engine.ipynb #3930037e
 from __future__ import annotations
 import itertools, time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from fastcore.basics import patch
 from ..config import EngineArgs
@@ -122,6 +123,18 @@ def add_request(self:LLMEngine, prompt, params:SamplingParams|None=None) -> str:
     self._num_history_seqs += len(seqs) * _needs_history(params)
     self.stats["prompt_tokens"] += len(token_ids) * params.n
     return request_id
+
+# %% ../../nbs/10d_llm_engine.ipynb #e1990a0e
+@patch
+def abort_request(self:LLMEngine, request_id:str|Iterable[str]):
+    "Stop these requests now and free their KV blocks; unknown or finished ids are ignored."
+    ids = {request_id} if isinstance(request_id, str) else set(request_id)
+    for seq_id, (request, _) in list(self.requests.items()):
+        if request.request_id not in ids: continue
+        seq = next(s for s in request.seqs if s.seq_id == seq_id)
+        if not seq.is_finished: self.scheduler.finish(seq, "abort")
+        del self.requests[seq_id]
+        self._num_history_seqs -= _needs_history(seq.sampling_params)
 
 # %% ../../nbs/10d_llm_engine.ipynb #cfca984a
 @patch
