@@ -21,6 +21,9 @@ class LLM:
     def __init__(self, model:str|None=None, **engine_args):
         self.engine = LLMEngine(EngineArgs.from_kwargs(model=model, **engine_args))
 
+    @property
+    def llm_engine(self) -> LLMEngine: return self.engine  # vLLM's name for it
+
     def get_tokenizer(self): return self.engine.tokenizer
 
     def get_stats(self) -> dict: return self.engine.get_stats()

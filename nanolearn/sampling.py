@@ -60,6 +60,8 @@ class SamplingParams:
 
     def __post_init__(self):
         self.stop, self.stop_token_ids = _as_list(self.stop), _as_list(self.stop_token_ids)
+        if self.seed == -1 and _is_int(self.seed): self.seed = None  # vLLM: -1 means no seed
+        if isinstance(self.logprobs, bool): self.logprobs = 1 if self.logprobs else None  # vLLM: True means 1
         _check(_is_int(self.n) and self.n >= 1, "n", self.n, "an integer >= 1")
         _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty, "in [-2, 2]")
         _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "in [-2, 2]")

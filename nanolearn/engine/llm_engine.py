@@ -72,6 +72,11 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool: return not self.scheduler.is_finished() or self.in_flight is not None
 
+    @classmethod
+    def from_engine_args(cls, engine_args:EngineArgs) -> LLMEngine: return cls(engine_args)  # vLLM's constructor
+
+    def get_num_unfinished_requests(self) -> int: return len({r.request_id for r, _ in self.requests.values()})
+
 # %% ../../nbs/10d_llm_engine.ipynb #a2e5032c
 @patch
 def tokenize(self:LLMEngine, prompt) -> tuple[str|None, list[int]]:
