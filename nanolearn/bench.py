@@ -243,7 +243,7 @@ def run_bench(model:str|None=None,           # a model directory or hub id; None
               hf:bool=False,                 # also time transformers' generate, in the same process
               hf_num_seqs:int|None=None,     # ...on the first this many sequences (default: all)
               hf_batch_size:int=128,         # ...this many at a time
-              enforce_eager:bool=False, async_scheduling:bool|None=None, fuse_norm_linear:bool=False, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
+              enforce_eager:bool=False, async_scheduling:bool|None=None, fuse_norm_linear:bool|None=None, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
               max_num_batched_tokens:int=8192, device:str|None=None, use_tqdm:bool=True) -> dict:
     "Benchmark the engine on the reference workload, cold then warm, against the roofline measured on this device."
     workload = reference_workload(num_seqs, min_len, max_len, seed)
@@ -272,7 +272,7 @@ def run_bench(model:str|None=None,           # a model directory or hub id; None
         model=dict(name="Qwen3-0.6B-random" if model is None else Path(str(model)).name,
                    path=str(model_dir), random_weights=model is None, architecture=config.hf_config.architectures[0],
                    dtype=str(config.dtype).removeprefix("torch."), shape=asdict(shape)),
-        engine=dict(engine_args, device=str(device), async_scheduling=config.async_scheduling,
+        engine=dict(engine_args, device=str(device), async_scheduling=config.async_scheduling, fuse_norm_linear=config.fuse_norm_linear,
                     startup_seconds=startup_seconds, num_kv_blocks=num_kv_blocks),
         workload=dict(num_seqs=num_seqs, min_len=min_len, max_len=max_len, seed=seed,
                       input_tokens=workload.input_tokens, output_tokens=workload.output_tokens),

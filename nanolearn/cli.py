@@ -81,8 +81,8 @@ def bench(argv=None):
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                    help="overlap the host's work with the device's (default: on CUDA)")
-    p.add_argument("--fuse-norm-linear", action=argparse.BooleanOptionalAction, default=False,
-                   help="fuse each RMSNorm into the projection after it (CUDA; chapter 12; default: off)")
+    p.add_argument("--fuse-norm-linear", action=argparse.BooleanOptionalAction, default=None,
+                   help="fuse each RMSNorm into the projection after it where chapter 12's rule says it wins (default: on CUDA)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="fraction of GPU memory the engine may use")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     args = p.parse_args(argv)

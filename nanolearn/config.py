@@ -32,7 +32,7 @@ class EngineArgs:
     enable_prefix_caching: bool = True
     enforce_eager: bool = False            # never replay decode steps from CUDA graphs (chapter 11)
     async_scheduling: bool|None = None     # schedule step n+1 while the device runs step n (chapter 10d); None: on CUDA
-    fuse_norm_linear: bool = False         # on CUDA, fuse each RMSNorm into the projection after it (chapter 12: slower end to end, so off)
+    fuse_norm_linear: bool|None = None     # fuse each RMSNorm into the projection after it where chapter 12's rule says it wins; None: on CUDA
     num_gpu_blocks_override: int|None = None  # KV-cache size in blocks, on any device
     kv_cache_memory_bytes: int|None = None    # KV-cache budget in bytes (CPU default: 1 GiB)
     seed: int = 0
@@ -101,6 +101,7 @@ class EngineConfig:
     num_kv_heads: int              # key/value heads held by this rank
     head_dim: int
     async_scheduling: bool         # overlap the host's work for a step with the device's for the one before
+    fuse_norm_linear: bool         # the decoder layers fuse norm + projection where it wins (chapter 12)
 
     @property
     def block_size(self) -> int: return self.args.block_size
@@ -136,4 +137,5 @@ def create_engine_config(self:EngineArgs) -> EngineConfig:
                         num_layers=hf_config.num_hidden_layers,
                         num_kv_heads=hf_config.num_key_value_heads // self.tensor_parallel_size,
                         head_dim=head_dim(hf_config),
-                        async_scheduling=device.type == "cuda" if self.async_scheduling is None else self.async_scheduling)
+                        async_scheduling=device.type == "cuda" if self.async_scheduling is None else self.async_scheduling,
+                        fuse_norm_linear=device.type == "cuda" if self.fuse_norm_linear is None else self.fuse_norm_linear)

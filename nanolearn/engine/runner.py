@@ -34,7 +34,7 @@ class ModelRunner:
         self.model = get_model(config.model_path, config.device, config.dtype, config.hf_config)
         if self.device.type == "cuda":
             use_fused_kernels(self.model)  # one Triton kernel per small op (chapter 11b)
-            if config.args.fuse_norm_linear: use_fused_norm_linear(self.model)  # norm + projection in one kernel (chapter 12; opt-in)
+            if config.fuse_norm_linear: use_fused_norm_linear(self.model)  # norm + projection in one kernel where it wins (chapter 12)
         self.sampler = Sampler()
         self.backend = default_backend(config.device)
         self.num_blocks = self.num_kv_blocks()
