@@ -4,17 +4,34 @@
 
 # %% ../nbs/10_config.ipynb #f89facaa
 from __future__ import annotations
-import json, math
+import argparse, difflib, functools, json, math
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import get_args, get_type_hints
 import torch
 from fastcore.basics import patch
+from fastcore.docments import docments
 from transformers import PretrainedConfig
 from .hub import resolve_model
 from .models import load_config, default_dtype, head_dim
 
 # %% auto #0
-__all__ = ['EngineArgs', 'resolve_dtype', 'eos_token_ids', 'load_tokenizer', 'EngineConfig']
+__all__ = ['VLLM_NO_EFFECT', 'VLLM_NOT_OFFERED', 'EngineArgs', 'check_device', 'check_vllm_args', 'accepts_vllm_args',
+           'add_engine_cli_args', 'resolve_dtype', 'eos_token_ids', 'load_tokenizer', 'EngineConfig']
+
+# %% ../nbs/10_config.ipynb #808de528
+def check_device(device:str|None) -> str:
+    "`device` if nanolearn can run there on this machine, else a ValueError saying why; None or 'auto': cuda when available, else cpu."
+    if device in (None, "auto"): return "cuda" if torch.cuda.is_available() else "cpu"
+    try: parsed = torch.device(device)
+    except (RuntimeError, TypeError): raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"): raise ValueError(f"device {device!r} is not supported: nanolearn runs on cpu or cuda")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available(): raise ValueError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__})")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0")
+    return device
+
 
 # %% ../nbs/10_config.ipynb #283269da
 @dataclass
@@ -29,18 +46,18 @@ class EngineArgs:
     max_num_batched_tokens: int = 8192     # tokens per step (longer prompts are prefilled in chunks)
     block_size: int = 16                   # tokens per KV-cache block
     gpu_memory_utilization: float = 0.9    # fraction of GPU memory the engine may use (weights + activations + KV)
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = True     # reuse the KV-cache blocks of a prompt prefix seen before (chapter 07b)
     enforce_eager: bool = False            # never replay decode steps from CUDA graphs (chapter 11)
     async_scheduling: bool|None = None     # schedule step n+1 while the device runs step n (chapter 10d); None: on CUDA
     fuse_norm_linear: bool|None = None     # fuse each RMSNorm into the projection after it where chapter 12's rule says it wins; None: on CUDA
     num_gpu_blocks_override: int|None = None  # KV-cache size in blocks, on any device
     kv_cache_memory_bytes: int|None = None    # KV-cache budget in bytes (CPU default: 1 GiB)
-    seed: int = 0
-    device: str|None = None                # default: cuda if available, else cpu
-    tensor_parallel_size: int = 1
+    seed: int = 0                          # seed of the sampling of requests that set no seed of their own
+    device: str|None = None                # cuda or cpu; default: cuda if available, else cpu
+    tensor_parallel_size: int = 1          # GPUs that split each layer (chapter 13)
 
     def __post_init__(self):
-        self.device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = check_device(self.device)
         checks = {"max_num_seqs": self.max_num_seqs >= 1, "block_size": self.block_size >= 1,
                   "gpu_memory_utilization": 0 < self.gpu_memory_utilization <= 1,
                   "max_model_len": self.max_model_len is None or self.max_model_len >= 2,
@@ -54,11 +71,143 @@ class EngineArgs:
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EngineArgs:
-        "Like the constructor, but an unknown argument raises an error that lists the known ones."
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown: raise TypeError(f"unknown engine argument(s) {unknown}; nanolearn accepts {sorted(known)}")
+        "The constructor, by the name `LLM(model, **kwargs)` calls: vLLM's other arguments are checked as below."
         return cls(**kwargs)
+
+# %% ../nbs/10_config.ipynb #5d1fb722
+_VLLM_NO_EFFECT = {  # why: {argument: vLLM's default}
+    "vLLM's internal tuning (kernels, compilation, scheduling heuristics, workers); nanolearn makes these choices itself": dict(
+        cuda_graph_sizes=None, cudagraph_capture_sizes=None, max_cudagraph_capture_size=None, compilation_config={},
+        disable_cascade_attn=False, disable_custom_all_reduce=False, max_num_partial_prefills=1,
+        max_long_partial_prefills=1, long_prefill_token_threshold=0, num_lookahead_slots=0,
+        disable_hybrid_kv_cache_manager=False, kv_sharing_fast_prefill=False, prefix_caching_hash_algo="sha256",
+        scheduler_cls=None, worker_cls="auto", worker_extension_cls="", distributed_executor_backend=None,
+        model_impl="auto", enable_dbo=False, dbo_decode_token_threshold=32, dbo_prefill_token_threshold=512,
+        enable_eplb=False, eplb_config={}, num_redundant_experts=0, eplb_window_size=1000, eplb_step_interval=3000,
+        eplb_log_balancedness=False, expert_placement_strategy="linear", all2all_backend=None,
+        disable_nccl_for_dp_synchronization=False, additional_config={}, ray_workers_use_nsight=False),
+    "nanolearn always prefills in chunks of max_num_batched_tokens": dict(enable_chunked_prefill=None),
+    "nanolearn preempts by recomputing, never by swapping to CPU memory": dict(swap_space=4.0),
+    "logging, metrics and tracing": dict(
+        disable_log_stats=False, aggregate_engine_logging=False, show_hidden_metrics_for_version=None,
+        otlp_traces_endpoint=None, collect_detailed_traces=None, kv_events_config=None, use_tqdm_on_load=True,
+        enable_log_requests=False, disable_log_requests=True),
+    "serving and data-parallel front ends; nanolearn's server is its own": dict(
+        served_model_name=None, data_parallel_rank=None, data_parallel_start_rank=None, data_parallel_size_local=None,
+        data_parallel_address=None, data_parallel_rpc_port=None, data_parallel_hybrid_lb=False,
+        data_parallel_backend="mp", allowed_local_media_path="", allowed_media_domains=None),
+    "structured outputs and reasoning parsers: backend choices for features nanolearn does not offer": dict(
+        structured_outputs_config={}, reasoning_parser="", guided_decoding_backend=None,
+        guided_decoding_disable_fallback=None, guided_decoding_disable_any_whitespace=None,
+        guided_decoding_disable_additional_properties=None, logits_processor_pattern=None),
+    "multimodal inputs: nanolearn's models are text-only": dict(
+        limit_mm_per_prompt={}, enable_mm_embeds=False, interleave_mm_strings=False, media_io_kwargs={},
+        mm_processor_kwargs=None, disable_mm_preprocessor_cache=False, mm_processor_cache_gb=4.0,
+        mm_processor_cache_type="lru", mm_shm_cache_max_object_size_mb=128, mm_encoder_tp_mode="weights",
+        mm_encoder_attn_backend=None, skip_mm_profiling=False, video_pruning_rate=0.0,
+        enable_multimodal_encoder_data_parallel=False, io_processor_plugin=None, disable_chunked_mm_input=False),
+    "settings of features that stay off (LoRA, pooling, Mamba, fp8 KV-cache scales)": dict(
+        max_loras=1, max_lora_rank=16, default_mm_loras=None, fully_sharded_loras=False, max_cpu_loras=None,
+        lora_dtype="auto", lora_extra_vocab_size=256, pooler_config=None, override_pooler_config=None,
+        mamba_cache_dtype="auto", mamba_ssm_cache_dtype="auto", mamba_block_size=None, calculate_kv_scales=False),
+    "nanolearn never runs code from the hub: its architectures are built in": dict(trust_remote_code=False, code_revision=None),
+    "loading: weights come as safetensors through the Hugging Face cache, the tokenizer through AutoTokenizer": dict(
+        download_dir=None, tokenizer_mode="auto", ignore_patterns=None, model_loader_extra_config={},
+        safetensors_load_strategy="lazy", pt_load_map_location="cpu", max_parallel_loading_workers=None),
+    "nanolearn's models attend over the whole context": dict(disable_sliding_window=False),
+    "nanolearn puts no cap on the logprobs a request asks for": dict(max_logprobs=20),
+}
+VLLM_NO_EFFECT = {name: (default, why) for why, args in _VLLM_NO_EFFECT.items() for name, default in args.items()}
+
+VLLM_NOT_OFFERED = {  # argument: (the feature it asks for, the values that ask for nothing; the first is vLLM's default)
+    "quantization": ("quantized weights", (None,)),
+    "generation_config": ("default sampling settings from elsewhere than the model's generation_config.json", ("auto",)),
+    "kv_cache_dtype": ("a KV cache in another dtype than the model's (fp8)", ("auto",)),
+    "load_format": ("weights in another format than safetensors", ("auto", "safetensors")),
+    "config_format": ("model configurations in Mistral's format", ("auto", "hf")),
+    "hf_config_path": ("a model configuration from another path", (None,)),
+    "rope_scaling": ("overriding the model's configuration", ({}, None)),
+    "rope_theta": ("overriding the model's configuration", (None,)),
+    "hf_overrides": ("overriding the model's configuration", ({}, None)),
+    "override_generation_config": ("overriding the generation configuration", ({}, None)),
+    "override_attention_dtype": ("attention in another dtype than the model's", (None,)),
+    "revision": ("a hub revision other than the latest", (None,)),
+    "tokenizer_revision": ("a hub revision other than the latest", (None,)),
+    "hf_token": ("a hub token as an argument (set HF_TOKEN or log in with `hf auth login` instead)", (None, True)),
+    "runner": ("pooling models (embedding, classification, scoring)", ("auto", "generate")),
+    "convert": ("pooling models (embedding, classification, scoring)", ("auto", "none")),
+    "task": ("pooling models (embedding, classification, scoring)", (None, "auto", "generate")),
+    "enable_prompt_embeds": ("prompt embeddings as input", (False,)),
+    "pipeline_parallel_size": ("pipeline parallelism", (1,)),
+    "data_parallel_size": ("data parallelism", (1,)),
+    "decode_context_parallel_size": ("decode context parallelism", (1,)),
+    "enable_expert_parallel": ("expert parallelism", (False,)),
+    "cpu_offload_gb": ("offloading weights to CPU memory", (0,)),
+    "logprobs_mode": ("logprobs of processed logits (nanolearn returns raw logprobs)", ("raw_logprobs",)),
+    "enable_lora": ("LoRA adapters", (False,)),
+    "speculative_config": ("speculative decoding", (None,)),
+    "kv_transfer_config": ("KV-cache transfer between engines (disaggregated prefill)", (None,)),
+    "scheduling_policy": ("priority scheduling", ("fcfs",)),
+    "enable_sleep_mode": ("sleep mode", (False,)),
+    "logits_processors": ("custom logits processors", (None, [])),
+}
+
+# %% ../nbs/10_config.ipynb #7da79968
+def check_vllm_args(cls:type, kwargs:dict) -> dict:
+    "The arguments among `kwargs` that the dataclass `cls` holds; vLLM's others checked against the tables and dropped."
+    own = {f.name: f.default for f in fields(cls) if f.init}
+    kept = {}
+    for name, value in kwargs.items():
+        if name in own:
+            if value is not None or own[name] is None: kept[name] = value
+        elif name in VLLM_NOT_OFFERED:
+            feature, accepted = VLLM_NOT_OFFERED[name]
+            if value not in accepted:
+                raise NotImplementedError(f"{name}={value!r} asks for {feature}, which nanolearn does not offer")
+        elif name not in VLLM_NO_EFFECT:
+            close = difflib.get_close_matches(name, [*own, *VLLM_NOT_OFFERED, *VLLM_NO_EFFECT], n=1)
+            raise TypeError(f"unknown engine argument {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    return kept
+
+# %% ../nbs/10_config.ipynb #0cecd441
+def accepts_vllm_args(cls:type) -> type:
+    "Let the dataclass `cls` be constructed with any of vLLM's engine arguments (see `check_vllm_args`)."
+    init = cls.__init__
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs): init(self, *args, **check_vllm_args(type(self), kwargs))
+    cls.__init__ = __init__
+    return cls
+
+EngineArgs = accepts_vllm_args(EngineArgs)
+
+# %% ../nbs/10_config.ipynb #1480eb7b
+def _flag(kinds:set[type]) -> dict:
+    "argparse keywords for a value of one of `kinds`: vLLM's rules (a bool is a --flag/--no-flag pair, a dict or list is JSON)."
+    if bool in kinds: return dict(action=argparse.BooleanOptionalAction)
+    if kinds & {dict, list}: return dict(type=json.loads)
+    return dict(type=next((t for t in (int, float) if t in kinds), str))
+
+def add_engine_cli_args(parser:argparse.ArgumentParser) -> argparse.ArgumentParser:
+    "Add a flag for every engine argument: typed ones for nanolearn's, and vLLM's others (no effect or not offered)."
+    hints, docs = get_type_hints(EngineArgs), docments(EngineArgs)
+    own = parser.add_argument_group("engine arguments")
+    for f in fields(EngineArgs):
+        flags = [f"--{f.name.replace('_', '-')}"] + (["-tp"] if f.name == "tensor_parallel_size" else [])
+        own.add_argument(*flags, default=f.default, help=docs.get(f.name), **_flag(set(get_args(hints[f.name]) or [hints[f.name]])))
+    vllm = parser.add_argument_group("vLLM's other engine arguments", "accepted so that vLLM's command lines parse")
+    helps = {name: (default, f"no effect: {why}") for name, (default, why) in VLLM_NO_EFFECT.items()}
+    helps |= {name: (accepted[0], f"not offered: {feature}") for name, (feature, accepted) in VLLM_NOT_OFFERED.items()}
+    for name, (default, help) in helps.items():
+        vllm.add_argument(f"--{name.replace('_', '-')}", default=argparse.SUPPRESS, help=help, **_flag({type(default)}))
+    return parser
+
+EngineArgs.add_cli_args = staticmethod(add_engine_cli_args)  # a static method, as in vLLM: `EngineArgs.add_cli_args(parser)`
+
+@patch(cls_method=True)
+def from_cli_args(cls:EngineArgs, args:argparse.Namespace) -> EngineArgs:
+    "Engine arguments from a namespace `add_cli_args` parsed: its fields, and vLLM's others where given."
+    known = [f.name for f in fields(cls)] + [*VLLM_NO_EFFECT, *VLLM_NOT_OFFERED]
+    return cls(**{name: getattr(args, name) for name in known if hasattr(args, name)})
 
 # %% ../nbs/10_config.ipynb #a974a78f
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "half": torch.float16}

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10e_llm.ipynb #63b3b939
 from __future__ import annotations
-import time
+import json, time
 from dataclasses import replace
 from fastcore.basics import patch
 from .config import EngineArgs
@@ -28,24 +28,38 @@ class LLM:
 
     def get_stats(self) -> dict: return self.engine.get_stats()
 
+    def reset_prefix_cache(self) -> bool: return self.engine.block_manager.reset_prefix_cache()  # False while requests run
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        "vLLM's defaults for this model: SamplingParams() with what the model's generation_config.json recommends."
+        path = self.engine.config.model_path/"generation_config.json"
+        config = json.loads(path.read_text()) if path.exists() else {}
+        names = dict(temperature="temperature", top_p="top_p", top_k="top_k", min_p="min_p",
+                     repetition_penalty="repetition_penalty", max_new_tokens="max_tokens")
+        return SamplingParams(**{ours: config[theirs] for theirs, ours in names.items() if config.get(theirs) is not None})
+
     def _requests(self, prompts, sampling_params) -> list[tuple[dict, SamplingParams]]:
         "Pair prompts with sampling params and check all of them before any is added: a bad one refuses the whole call."
         if isinstance(prompts, (str, dict)): prompts = [prompts]
         elif not isinstance(prompts, (list, tuple)):
             raise TypeError(f"prompts must be a str, a dict or a list of them; got {type(prompts).__name__}")
-        if sampling_params is None: sampling_params = SamplingParams()
+        if sampling_params is None: sampling_params = self.get_default_sampling_params()  # as vLLM
         if isinstance(sampling_params, SamplingParams): sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(sampling_params)} sampling params: pass one, or one per prompt")
-        tokenized = [self.engine.tokenize(p) for p in prompts]
-        for (_, ids), params in zip(tokenized, sampling_params): self.engine.check_request(ids, params)
-        return [({"prompt": text, "prompt_token_ids": ids}, params) for (text, ids), params in zip(tokenized, sampling_params)]
+        processed = [self.engine.process_request(p, params) for p, params in zip(prompts, sampling_params)]
+        return [({"prompt": text, "prompt_token_ids": ids}, params) for text, ids, params in processed]
 
 # %% ../nbs/10e_llm.ipynb #92028352
 @patch
-def generate(self:LLM, prompts, sampling_params:SamplingParams|list[SamplingParams]|None=None, use_tqdm:bool=True) -> list[RequestOutput]:
+def generate(self:LLM, prompts, sampling_params:SamplingParams|list[SamplingParams]|None=None, use_tqdm:bool=True,
+             lora_request=None, priority:list[int]|None=None) -> list[RequestOutput]:
     "Generate for one or many prompts (str, {'prompt': ...} or {'prompt_token_ids': [...]})."
     requests = self._requests(prompts, sampling_params)
+    if lora_request is not None: raise ValueError("LoRA adapters are not supported by nanolearn")
+    priority = [0] * len(requests) if priority is None else list(priority)
+    if len(priority) != len(requests): raise ValueError(f"got {len(requests)} prompts but {len(priority)} priorities")
+    if any(priority): raise ValueError("priority scheduling is not supported: nanolearn's scheduler is first-come-first-served")
     final_only = RequestOutputKind.FINAL_ONLY  # as in vLLM: generate() reads only the final outputs
     order = {self.engine.add_request(p, replace(params, output_kind=final_only)): i for i, (p, params) in enumerate(requests)}
     results: list[RequestOutput|None] = [None] * len(requests)
@@ -71,17 +85,26 @@ def _ids(encoded) -> list[int]:
     return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 @patch
-def chat_prompt(self:LLM, conversation:list[dict], add_generation_prompt:bool=True) -> dict:
+def chat_prompt(self:LLM, conversation:list[dict], add_generation_prompt:bool=True, chat_template:str|None=None,
+                continue_final_message:bool=False, tools:list[dict]|None=None, chat_template_kwargs:dict|None=None) -> dict:
     "A conversation ([{'role', 'content'}, ...]) as a prompt, through the tokenizer's chat template."
+    if add_generation_prompt and continue_final_message:
+        raise ValueError("continue_final_message=True continues the last message: set add_generation_prompt=False")
+    if self.engine.tokenizer is None: raise ValueError("chat needs a tokenizer, and skip_tokenizer_init=True")
+    options = dict(add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+                   chat_template=chat_template, tools=tools, **(chat_template_kwargs or {}))
     template = self.engine.tokenizer.apply_chat_template
-    return {"prompt": template(conversation, add_generation_prompt=add_generation_prompt, tokenize=False),
-            "prompt_token_ids": _ids(template(conversation, add_generation_prompt=add_generation_prompt, tokenize=True))}
+    return {"prompt": template(conversation, tokenize=False, **options), "prompt_token_ids": _ids(template(conversation, tokenize=True, **options))}
 
 @patch
-def chat(self:LLM, messages, sampling_params=None, use_tqdm:bool=True, add_generation_prompt:bool=True) -> list[RequestOutput]:
-    "One conversation (a list of {'role', 'content'} dicts) or a list of them, through the chat template."
+def chat(self:LLM, messages, sampling_params=None, use_tqdm:bool=True, lora_request=None, chat_template:str|None=None,
+         chat_template_content_format:str="auto", add_generation_prompt:bool=True, continue_final_message:bool=False,
+         tools:list[dict]|None=None, chat_template_kwargs:dict|None=None, mm_processor_kwargs=None) -> list[RequestOutput]:
+    "One conversation (a list of {'role', 'content'} dicts) or a list of them, through the chat template (vLLM's arguments)."
     conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-    return self.generate([self.chat_prompt(c, add_generation_prompt) for c in conversations], sampling_params, use_tqdm)
+    prompts = [self.chat_prompt(c, add_generation_prompt, chat_template, continue_final_message, tools, chat_template_kwargs)
+               for c in conversations]
+    return self.generate(prompts, sampling_params, use_tqdm, lora_request)
 
 # %% ../nbs/10e_llm.ipynb #1a1b3fcd
 @patch

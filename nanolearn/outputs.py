@@ -15,7 +15,7 @@ class Logprob:
     "Log-probability of one token at one position (vLLM's Logprob); computed from the raw logits."
     logprob: float
     rank: int|None = None  # 1 = the likeliest token
-    decoded_token: str|None = None
+    decoded_token: str|None = None  # the token's text, when the request has text (detokenize=True)
 
 # %% ../nbs/10c_outputs.ipynb #55a0fc76
 @dataclass
@@ -51,6 +51,8 @@ class RequestOutput:
     request_id: str
     prompt: str|None                 # None when the request came as token ids only
     prompt_token_ids: list[int]
+    prompt_logprobs: list[dict[int, Logprob]|None]|None  # per prompt token (None for the first), when asked for
     outputs: list[CompletionOutput]  # one per sample
     finished: bool = False           # every sample has finished
     metrics: RequestMetrics|None = None  # when it arrived, got its first token, finished
+    num_cached_tokens: int|None = None   # prompt tokens whose keys and values came from the prefix cache

@@ -4,19 +4,20 @@
 
 # %% ../nbs/09_sampling.ipynb #d9ad58fd
 from __future__ import annotations
-import math, warnings
+import copy, math, warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 import torch
 from torch import Tensor
 from .utils import to_device
 
 # %% auto #0
-__all__ = ['RequestOutputKind', 'SamplingParams', 'find_stop', 'pad_token_ids', 'token_counts', 'SamplingBatch',
-           'apply_repetition_penalty', 'apply_frequency_presence_penalties', 'apply_min_tokens', 'apply_temperature',
-           'apply_top_k', 'apply_top_p', 'apply_min_p', 'mix64', 'seeded_uniform', 'exponential_noise',
-           'exponential_race', 'compute_logprobs', 'SamplerOutput', 'Sampler']
+__all__ = ['RequestOutputKind', 'SamplingParams', 'find_stop', 'pad_token_ids', 'token_counts', 'bad_word_bans', 'SamplingBatch',
+           'apply_repetition_penalty', 'apply_frequency_presence_penalties', 'apply_banned_tokens',
+           'apply_allowed_tokens', 'apply_logit_bias', 'apply_temperature', 'apply_top_k', 'apply_top_p', 'apply_min_p',
+           'mix64', 'seeded_uniform', 'exponential_noise', 'exponential_race', 'compute_logprobs', 'SamplerOutput',
+           'Sampler']
 
 # %% ../nbs/09_sampling.ipynb #77520d42
 def _check(ok:bool, name:str, value, expected:str):
@@ -40,6 +41,7 @@ class RequestOutputKind(Enum):
 class SamplingParams:
     "What a request asks of the sampler (vLLM's names, defaults and meanings)."
     n: int = 1                          # completions to return for the prompt
+    best_of: int|None = None            # sample this many and return the n likeliest (by cumulative logprob)
     presence_penalty: float = 0.0       # subtracted once from each token the output already contains
     frequency_penalty: float = 0.0      # subtracted per occurrence of a token in the output
     repetition_penalty: float = 1.0     # > 1 discourages tokens seen in the prompt or output
@@ -51,17 +53,29 @@ class SamplingParams:
     stop: str|list[str]|None = None     # strings that end the generation (normalised to a list)
     stop_token_ids: list[int]|None = None  # token ids that end the generation (normalised to a list)
     ignore_eos: bool = False            # keep going past the end-of-sequence token
-    max_tokens: int = 16                # generate at most this many tokens
+    max_tokens: int|None = 16           # generate at most this many tokens; None: until the context is full
     min_tokens: int = 0                 # EOS and stop_token_ids cannot be sampled before this many tokens
     logprobs: int|None = None           # also return this many top log-probabilities per generated token
+    prompt_logprobs: int|None = None    # also return this many top log-probabilities per prompt token
+    detokenize: bool = True             # False: token ids only, no text
     skip_special_tokens: bool = True    # leave special tokens out of the output text
+    spaces_between_special_tokens: bool = True  # put spaces between special tokens in the text (slow tokenizers)
     include_stop_str_in_output: bool = False  # keep the matched stop string at the end of the text
+    truncate_prompt_tokens: int|None = None   # keep only the prompt's last k tokens; -1: as many as fit
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE  # outputs while running: all so far, new only, or none
+    logit_bias: dict[int, float]|None = None  # added to these tokens' logits before sampling
+    allowed_token_ids: list[int]|None = None  # only these tokens may be sampled
+    bad_words: list[str]|None = None          # never generate these words (their token sequences)
+    _bad_words_token_ids: list[list[int]]|None = field(default=None, repr=False)  # set by `update_from_tokenizer`
 
     def __post_init__(self):
         self.stop, self.stop_token_ids = _as_list(self.stop), _as_list(self.stop_token_ids)
         if self.seed == -1 and _is_int(self.seed): self.seed = None  # vLLM: -1 means no seed
-        if isinstance(self.logprobs, bool): self.logprobs = 1 if self.logprobs else None  # vLLM: True means 1
+        for name in ("logprobs", "prompt_logprobs"):  # vLLM: True means 1
+            if isinstance(getattr(self, name), bool): setattr(self, name, 1 if getattr(self, name) else None)
+        if isinstance(self.bad_words, str): self.bad_words = [self.bad_words]
+        if self.logit_bias is not None and isinstance(self.logit_bias, dict):  # JSON (OpenAI) keys are strings
+            self.logit_bias = {int(k) if isinstance(k, str) and k.lstrip("-").isdigit() else k: v for k, v in self.logit_bias.items()}
         _check(_is_int(self.n) and self.n >= 1, "n", self.n, "an integer >= 1")
         _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty, "in [-2, 2]")
         _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty, "in [-2, 2]")
@@ -75,12 +89,30 @@ class SamplingParams:
         _check(self.seed is None or _is_int(self.seed), "seed", self.seed, "an integer or None")
         _check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "non-empty strings")
         _check(all(_is_int(t) for t in self.stop_token_ids), "stop_token_ids", self.stop_token_ids, "integers")
-        _check(_is_int(self.max_tokens) and self.max_tokens >= 1, "max_tokens", self.max_tokens, "an integer >= 1")
-        _check(_is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens,
-               f"an integer in [0, max_tokens={self.max_tokens}]")
-        _check(self.logprobs is None or (_is_int(self.logprobs) and self.logprobs >= 0), "logprobs", self.logprobs,
-               "None or an integer >= 0")
+        _check(self.max_tokens is None or (_is_int(self.max_tokens) and self.max_tokens >= 1), "max_tokens", self.max_tokens,
+               "an integer >= 1, or None")
+        _check(_is_int(self.min_tokens) and 0 <= self.min_tokens <= (self.max_tokens or self.min_tokens), "min_tokens",
+               self.min_tokens, f"an integer in [0, max_tokens={self.max_tokens}]")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            _check(value is None or (_is_int(value) and value >= 0), name, value, "None or an integer >= 0")
+        _check(isinstance(self.detokenize, bool), "detokenize", self.detokenize, "a bool")
+        _check(self.detokenize or not self.stop, "stop", self.stop, "empty when detokenize=False (stop strings need the text)")
+        _check(self.truncate_prompt_tokens is None or (_is_int(self.truncate_prompt_tokens) and
+               (self.truncate_prompt_tokens >= 1 or self.truncate_prompt_tokens == -1)), "truncate_prompt_tokens",
+               self.truncate_prompt_tokens, "None, -1 or an integer >= 1")
+        _check(self.logit_bias is None or (isinstance(self.logit_bias, dict) and all(
+               _is_int(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               for k, v in self.logit_bias.items())), "logit_bias", self.logit_bias, "a dict {token id: finite bias}")
+        if self.allowed_token_ids is not None: self.allowed_token_ids = list(self.allowed_token_ids)
+        _check(self.allowed_token_ids is None or (len(self.allowed_token_ids) > 0 and all(map(_is_int, self.allowed_token_ids))),
+               "allowed_token_ids", self.allowed_token_ids, "None or a non-empty list of token ids")
+        _check(self.bad_words is None or (isinstance(self.bad_words, (list, tuple)) and
+               all(isinstance(w, str) and w.strip() for w in self.bad_words)), "bad_words", self.bad_words, "a list of non-empty strings")
         _check(not (self.greedy and self.n > 1), "n", self.n, "1 when temperature is 0 (greedy copies are identical)")
+        _check(self.best_of is None or (_is_int(self.best_of) and self.best_of >= self.n), "best_of", self.best_of,
+               f"None or an integer >= n={self.n}")
+        _check(not (self.greedy and (self.best_of or 1) > 1), "best_of", self.best_of, "1 or None when temperature is 0")
         _check(isinstance(self.output_kind, RequestOutputKind), "output_kind", self.output_kind, "a RequestOutputKind")
         if 0 < self.temperature < _MIN_TEMPERATURE:
             warnings.warn(f"temperature {self.temperature} is below {_MIN_TEMPERATURE} and overflows float32 logits; "
@@ -89,6 +121,20 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool: return self.temperature == 0
+
+    def clone(self) -> SamplingParams: return copy.deepcopy(self)
+
+    def update_from_tokenizer(self, tokenizer):
+        "Turn `bad_words` into the token sequences to ban, each word with and without a leading space (as vLLM does)."
+        if not self.bad_words: return
+        sequences = []
+        for word in self.bad_words:
+            plain = tokenizer.encode(word.lstrip(), add_special_tokens=False)
+            spaced = tokenizer.encode(" " + word.lstrip(), add_special_tokens=False)
+            sequences.append(plain)
+            # " word" is a different spelling only if it starts with another token and is as long
+            if spaced and spaced[0] != plain[0] and len(spaced) == len(plain): sequences.append(spaced)
+        self._bad_words_token_ids = sequences
 
 # %% ../nbs/09_sampling.ipynb #f365506b
 def find_stop(text:str,       # the output text so far
@@ -116,6 +162,18 @@ def token_counts(token_ids:Tensor, # [B, L] int64, padded with vocab_size
     counts.scatter_add_(1, token_ids, torch.ones_like(token_ids))
     return counts[:, :vocab_size]
 
+# %% ../nbs/09_sampling.ipynb #9863ca41
+def bad_word_bans(bad_words_token_ids:list[list[int]], # each bad word as a token sequence
+                  output_token_ids:list[int],          # what the row has generated so far
+                 ) -> list[int]:                       # tokens the row must not sample next
+    "A bad word's last token is banned when the output ends with the rest of it (a one-token word: always)."
+    banned = []
+    for word in bad_words_token_ids:
+        prefix = word[:-1]
+        if len(prefix) <= len(output_token_ids) and (not prefix or output_token_ids[-len(prefix):] == prefix):
+            banned.append(word[-1])
+    return banned
+
 # %% ../nbs/09_sampling.ipynb #e86b8eaa
 def _as_int64(x:int) -> int:
     "Any Python int as the signed 64-bit integer with the same low 64 bits."
@@ -138,8 +196,13 @@ class SamplingBatch:
     frequency_penalty: Tensor|None = None  # [B] float32
     presence_penalty: Tensor|None = None   # [B] float32
     output_token_ids: Tensor|None = None   # [B, L] int64 output ids of penalised rows, padded with V
-    min_tokens_rows: Tensor|None = None    # [M] int64 } (row, token) pairs to mask with -inf because the
-    min_tokens_ids: Tensor|None = None     # [M] int64 } row has generated fewer than min_tokens
+    banned_rows: Tensor|None = None        # [M] int64 } (row, token) pairs to mask with -inf: EOS and stop tokens
+    banned_ids: Tensor|None = None         # [M] int64 } before min_tokens, and the bad words' next tokens
+    bias_rows: Tensor|None = None          # [L] int64 } logit_bias as (row, token, bias) triples
+    bias_ids: Tensor|None = None           # [L] int64 }
+    bias_values: Tensor|None = None        # [L] float32 }
+    allowed_rows: Tensor|None = None       # [A] int64 rows restricted to their allowed_token_ids
+    allowed_mask: Tensor|None = None       # [A, V] bool True where a token is allowed
     seeded_rows: Tensor|None = None        # [S] int64 sampled rows that have their own seed
     seeds: Tensor|None = None              # [S] int64 their seeds
     seed_steps: Tensor|None = None         # [S] int64 how many tokens each of them has generated
@@ -189,8 +252,19 @@ class SamplingBatch:
                  for p, t, n in zip(params, token_ids, num_prompt_tokens)], vocab_size, device)
         banned = [(i, t) for i, (p, k) in enumerate(zip(params, num_generated)) if k < p.min_tokens
                   for t in {*p.stop_token_ids, *eos_token_ids} if 0 <= t < vocab_size]
-        if banned:
-            batch.min_tokens_rows, batch.min_tokens_ids = (tensor(list(c), torch.int64) for c in zip(*banned))
+        banned += [(i, t) for i, (p, ids, n) in enumerate(zip(params, token_ids, num_prompt_tokens)) if p._bad_words_token_ids
+                   for t in bad_word_bans(p._bad_words_token_ids, ids[n:])]
+        if banned: batch.banned_rows, batch.banned_ids = (tensor(list(c), torch.int64) for c in zip(*banned))
+        biases = [(i, t, b) for i, p in enumerate(params) if p.logit_bias for t, b in p.logit_bias.items()]
+        if biases:
+            rows, ids, values = zip(*biases)
+            batch.bias_rows, batch.bias_ids, batch.bias_values = tensor(rows, torch.int64), tensor(ids, torch.int64), tensor(values, torch.float32)
+        restricted = [i for i, p in enumerate(params) if p.allowed_token_ids is not None]
+        if restricted:
+            batch.allowed_rows = tensor(restricted, torch.int64)
+            pairs = [(j, t) for j, i in enumerate(restricted) for t in params[i].allowed_token_ids]
+            mask = torch.zeros(len(restricted), vocab_size, dtype=torch.bool, device=device)
+            batch.allowed_mask = mask.index_put_(tuple(tensor(list(c), torch.int64) for c in zip(*pairs)), torch.ones((), dtype=torch.bool, device=device))
         asked = [p.logprobs for p in params if p.logprobs is not None]
         if asked: batch.max_num_logprobs = max(asked)
         return batch
@@ -216,12 +290,23 @@ def apply_frequency_presence_penalties(logits:Tensor,           # [B, V]
                    - presence_penalty.unsqueeze(1).to(logits.dtype) * (counts > 0))
 
 # %% ../nbs/09_sampling.ipynb #335203ec
-def apply_min_tokens(logits:Tensor,  # [B, V]
-                     rows:Tensor,    # [M] int64 rows that have not reached their min_tokens
-                     token_ids:Tensor, # [M] int64 the EOS / stop token to mask in each of those rows
-                    ) -> Tensor:
+def apply_banned_tokens(logits:Tensor,  # [B, V]
+                        rows:Tensor,    # [M] int64 rows with a token to ban
+                        token_ids:Tensor, # [M] int64 the token banned in each of those rows
+                       ) -> Tensor:
     "Give the listed (row, token) pairs a logit of -inf."
     return logits.index_put((rows, token_ids), logits.new_full((1,), float("-inf")))
+
+def apply_allowed_tokens(logits:Tensor, # [B, V]
+                         rows:Tensor,   # [A] int64 rows restricted to a whitelist
+                         mask:Tensor,   # [A, V] bool True where a token is allowed
+                        ) -> Tensor:
+    "Set to -inf every token outside each listed row's whitelist."
+    return logits.index_put((rows,), logits[rows].masked_fill(~mask, float("-inf")))
+
+def apply_logit_bias(logits:Tensor, rows:Tensor, token_ids:Tensor, bias:Tensor) -> Tensor:
+    "Add `bias[i]` to the logit of `token_ids[i]` in row `rows[i]`."
+    return logits.index_put((rows, token_ids), bias.to(logits.dtype), accumulate=True)
 
 # %% ../nbs/09_sampling.ipynb #53a83360
 def apply_temperature(logits:Tensor, # [B, V]
@@ -330,7 +415,9 @@ class Sampler(torch.nn.Module):
         if logits.shape[0] != batch.num_rows:
             raise ValueError(f"logits have {logits.shape[0]} rows but the sampling batch has {batch.num_rows}")
         raw = logits = logits.float()
-        if batch.min_tokens_rows is not None: logits = apply_min_tokens(logits, batch.min_tokens_rows, batch.min_tokens_ids)
+        if batch.allowed_rows is not None: logits = apply_allowed_tokens(logits, batch.allowed_rows, batch.allowed_mask)
+        if batch.banned_rows is not None: logits = apply_banned_tokens(logits, batch.banned_rows, batch.banned_ids)
+        if batch.bias_rows is not None: logits = apply_logit_bias(logits, batch.bias_rows, batch.bias_ids, batch.bias_values)
         if batch.repetition_penalty is not None:
             logits = apply_repetition_penalty(logits, batch.seen_token_ids, batch.repetition_penalty)
         if batch.frequency_penalty is not None:

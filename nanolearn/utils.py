@@ -4,14 +4,28 @@
 
 # %% ../nbs/00_utils.ipynb #19b910e2
 from __future__ import annotations
+import argparse, sys
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['to_device']
+__all__ = ['to_device', 'FlexibleArgumentParser']
 
 # %% ../nbs/00_utils.ipynb #059bb15c
 def to_device(values:list, dtype:torch.dtype, device:torch.device|str="cpu") -> Tensor:
     "A host list as a tensor on `device`; to a GPU through pinned memory, so the copy does not wait for the GPU."
     device = torch.device(device)
     return torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda").to(device, non_blocking=True)
+
+# %% ../nbs/00_utils.ipynb #aaf5508f
+class FlexibleArgumentParser(argparse.ArgumentParser):
+    "An ArgumentParser that reads `--snake_case` flags as their `--kebab-case` spelling, as vLLM's does."
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([self._kebab(a) for a in args], namespace)
+
+    @staticmethod
+    def _kebab(arg:str) -> str:
+        if not arg.startswith("--") or arg == "--": return arg
+        name, eq, value = arg.partition("=")
+        return name.replace("_", "-") + eq + value

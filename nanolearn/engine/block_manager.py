@@ -160,7 +160,7 @@ def check_invariants(self:BlockManager, seqs:list[Sequence]): # every sequence t
 @patch
 def cached_prefix(self:BlockManager, seq:Sequence) -> list[int]:
     "Ids of the cached blocks holding `seq`'s longest cached prefix; the last token's block is never included."
-    if not self.enable_prefix_caching: return []
+    if not self.enable_prefix_caching or seq.sampling_params.prompt_logprobs is not None: return []  # see above
     block_ids, h = [], -1
     for i in range((seq.num_tokens - 1) // self.block_size):
         token_ids = seq.block(i)
@@ -236,3 +236,12 @@ def may_append(self:BlockManager, seq:Sequence):
     if not self.can_append(seq):
         raise RuntimeError(f"no free KV-cache block for sequence {seq.seq_id}'s next token")
     while len(seq.block_table) < seq.num_blocks: seq.block_table.append(self.pool.take_free())
+
+# %% ../../nbs/07b_block_manager.ipynb #3d195353
+@patch
+def reset_prefix_cache(self:BlockManager) -> bool:
+    "Forget every cached block, so no later request reuses them; False (and nothing done) while blocks are in use."
+    if self.pool.used_block_ids: return False
+    self.pool.hash_to_block_id.clear()
+    for block in self.pool.blocks: block.hash, block.token_ids = -1, []
+    return True

@@ -33,6 +33,11 @@ class _Request:
     cumulative_logprobs: list[float]           # per sample
     emitted: list[tuple[int, int]]             # per sample: tokens and characters already sent (DELTA)
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(time.time()))
+    prompt_logprobs: list[dict[int, Logprob]|None]|None = None  # per prompt token, filled as its chunks run
+    prompt_logprobs_sent: bool = False         # a DELTA request gets them once
+    num_cached_tokens: int|None = None         # prompt tokens its first prefill found in the prefix cache
+    n: int = 1                                 # completions to return; fewer than the samples with best_of
+    report_logprobs: bool = False              # the request asked for logprobs (best_of computes them anyway)
 
     @property
     def finished(self) -> bool: return all(s.is_finished for s in self.seqs)
@@ -41,18 +46,25 @@ class _Request:
     def output_kind(self) -> RequestOutputKind: return self.seqs[0].sampling_params.output_kind
 
     def output(self, tokenizer) -> RequestOutput:
-        completions = []
-        for i, seq in enumerate(self.seqs):
-            asked = seq.sampling_params.logprobs is not None
+        completions, order = [], range(self.n)
+        if len(self.seqs) > self.n and self.finished:  # best_of: the n likeliest samples, likeliest first
+            order = sorted(range(len(self.seqs)), key=lambda i: -self.cumulative_logprobs[i])[:self.n]
+        for i in order:
+            seq, asked = self.seqs[i], self.report_logprobs
             text, token_ids, logprobs = output_text(seq, tokenizer), seq.completion_token_ids, self.logprobs[i]
             if self.output_kind == RequestOutputKind.DELTA:
                 sent_tokens, sent_chars = self.emitted[i]
                 self.emitted[i] = (len(token_ids), len(text))
                 text, token_ids, logprobs = text[sent_chars:], token_ids[sent_tokens:], logprobs[sent_tokens:]
-            completions.append(CompletionOutput(i, text, token_ids, seq.finish_reason,
+            completions.append(CompletionOutput(len(completions), text, token_ids, seq.finish_reason,
                                                 self.cumulative_logprobs[i] if asked else None,
                                                 list(logprobs) if asked else None, seq.stop_reason))
-        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, completions, self.finished, replace(self.metrics))
+        prompt_logprobs = self.prompt_logprobs
+        if prompt_logprobs is not None:
+            if self.output_kind == RequestOutputKind.DELTA and self.prompt_logprobs_sent: prompt_logprobs = None
+            else: prompt_logprobs, self.prompt_logprobs_sent = list(prompt_logprobs), True
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, prompt_logprobs, completions, self.finished,
+                             replace(self.metrics), self.num_cached_tokens)
 
 # %% ../../nbs/10d_llm_engine.ipynb #3f48f67c
 class LLMEngine:
@@ -65,6 +77,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
                                    StopChecker(config.eos_token_ids, config.max_model_len))
         self.requests: dict[int, tuple[_Request, int]] = {}  # seq_id -> (its request, its sample's index)
+        self.live: dict[str, _Request] = {}                    # request_id -> the request, until it finishes
         self.stats = dict(num_steps=0, prompt_tokens=0, computed_prefill_tokens=0, generation_tokens=0, busy_seconds=0.0)
         self._request_ids = itertools.count()
         self.in_flight: tuple[ScheduledBatch, StepHandle]|None = None  # launched, its tokens not read yet (overlap)
@@ -75,7 +88,7 @@ class LLMEngine:
     @classmethod
     def from_engine_args(cls, engine_args:EngineArgs) -> LLMEngine: return cls(engine_args)  # vLLM's constructor
 
-    def get_num_unfinished_requests(self) -> int: return len({r.request_id for r, _ in self.requests.values()})
+    def get_num_unfinished_requests(self) -> int: return len(self.live)
 
 # %% ../../nbs/10d_llm_engine.ipynb #a2e5032c
 @patch
@@ -100,28 +113,61 @@ def check_request(self:LLMEngine, token_ids:list[int], params:SamplingParams):
     bad = [t for t in token_ids if not (isinstance(t, int) and 0 <= t < vocab)]
     if bad: raise ValueError(f"prompt token ids must be integers in [0, {vocab}); got {bad[:5]}")
     if params.stop and self.tokenizer is None: raise ValueError("stop strings need a tokenizer, and skip_tokenizer_init=True")
+    for name, ids in (("logit_bias", params.logit_bias or ()), ("allowed_token_ids", params.allowed_token_ids or ()),
+                      ("bad_words", [t for word in params._bad_words_token_ids or () for t in word])):
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad: raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab}): {bad[:5]}")
+    if params.max_tokens is None: raise ValueError("max_tokens=None must be resolved by process_request first")
     self.scheduler.check_fits(len(token_ids), params.max_tokens)
+
+@patch
+def process_request(self:LLMEngine, prompt, params:SamplingParams|None=None) -> tuple[str|None, list[int], SamplingParams]:
+    "Tokenize, apply the parameters that shape the prompt and limits, and check: (text, token ids, params to run with)."
+    params = SamplingParams() if params is None else params
+    if not isinstance(params, SamplingParams): raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
+    text, token_ids = self.tokenize(prompt)
+    k = params.truncate_prompt_tokens
+    if k is not None: token_ids = token_ids[-(self.config.max_model_len if k == -1 else k):]
+    if params.max_tokens is None:
+        room = min(self.config.max_model_len, self.block_manager.num_blocks * self.config.block_size) - len(token_ids)
+        params = replace(params, max_tokens=max(room, 1), min_tokens=min(params.min_tokens, max(room, 1)))
+    if params.bad_words and params._bad_words_token_ids is None:
+        if self.tokenizer is None: raise ValueError("bad_words need a tokenizer, and skip_tokenizer_init=True")
+        params = params.clone(); params.update_from_tokenizer(self.tokenizer)
+    self.check_request(token_ids, params)
+    return text, token_ids, params
 
 # %% ../../nbs/10d_llm_engine.ipynb #3fcd3a00
 def _needs_history(params:SamplingParams) -> bool:
-    "Penalties read every token generated so far: a step can't be prepared before the host knows the last one."
-    return params.repetition_penalty != 1 or bool(params.frequency_penalty) or bool(params.presence_penalty)
+    "Penalties and multi-token bad words read the tokens generated so far: a step can't be prepared before the host knows the last one."
+    return (params.repetition_penalty != 1 or bool(params.frequency_penalty) or bool(params.presence_penalty)
+            or any(len(word) > 1 for word in params._bad_words_token_ids or ()))
 
 @patch
-def add_request(self:LLMEngine, prompt, params:SamplingParams|None=None) -> str:
-    "Check and queue a request; returns its id."
-    params = params or SamplingParams()
-    text, token_ids = self.tokenize(prompt)
-    self.check_request(token_ids, params)
-    request_id = str(next(self._request_ids))
-    seqs = []
-    for i in range(params.n):
-        sample_params = params if params.n == 1 else replace(params, n=1, seed=None if params.seed is None else params.seed + i)
+def add_request(self:LLMEngine, request_id, prompt=None, params:SamplingParams|None=None, arrival_time:float|None=None,
+                lora_request=None, tokenization_kwargs=None, trace_headers=None, priority:int=0) -> str:
+    "Check and queue a request: `add_request(request_id, prompt, params)` as vLLM, or `add_request(prompt, params)`; returns its id."
+    is_prompt = isinstance(prompt, str) or isinstance(prompt, dict) and bool({"prompt", "prompt_token_ids"} & prompt.keys())
+    if not is_prompt: request_id, prompt, params = None, request_id, prompt  # the short form, add_request(prompt, params)
+    if lora_request is not None: raise ValueError("LoRA adapters are not supported by nanolearn")
+    if priority != 0: raise ValueError(f"priority={priority}: nanolearn's scheduler is first-come-first-served (vLLM's 'fcfs' policy)")
+    if request_id is not None and not isinstance(request_id, str): raise TypeError(f"request_id must be a str, got {type(request_id).__name__}")
+    if request_id in self.live: raise ValueError(f"request id {request_id!r} is already running")
+    text, token_ids, params = self.process_request(prompt, params)
+    while request_id is None or request_id in self.live: request_id = str(next(self._request_ids))
+    seqs, samples = [], params.best_of or params.n
+    for i in range(samples):
+        sample_params = params if samples == 1 else replace(params, n=1, best_of=None, seed=None if params.seed is None else params.seed + i,
+                                                            prompt_logprobs=params.prompt_logprobs if i == 0 else None,
+                                                            logprobs=0 if samples > params.n and params.logprobs is None else params.logprobs)
         seq = Sequence(token_ids, sample_params, self.config.block_size)
-        if self.tokenizer is not None and (params.stop or params.output_kind != RequestOutputKind.FINAL_ONLY):
-            seq.detokenizer = TextStream(self.tokenizer, params.skip_special_tokens)
+        if self.tokenizer is not None and params.detokenize and (params.stop or params.output_kind != RequestOutputKind.FINAL_ONLY):
+            seq.detokenizer = TextStream(self.tokenizer, params.skip_special_tokens, params.spaces_between_special_tokens)
         seqs.append(seq)
-    request = _Request(request_id, text, token_ids, seqs, [[] for _ in seqs], [0.0] * len(seqs), [(0, 0)] * len(seqs))
+    request = _Request(request_id, text, token_ids, seqs, [[] for _ in seqs], [0.0] * len(seqs), [(0, 0)] * len(seqs),
+                       RequestMetrics(arrival_time or time.time()), None if params.prompt_logprobs is None else [None],
+                       n=params.n, report_logprobs=params.logprobs is not None)
+    self.live[request_id] = request
     for i, seq in enumerate(seqs):
         self.requests[seq.seq_id] = (request, i)
         self.scheduler.add(seq)
@@ -139,6 +185,7 @@ def abort_request(self:LLMEngine, request_id:str|Iterable[str]):
         seq = next(s for s in request.seqs if s.seq_id == seq_id)
         if not seq.is_finished: self.scheduler.finish(seq, "abort")
         del self.requests[seq_id]
+        self.live.pop(request.request_id, None)
         self._num_history_seqs -= _needs_history(seq.sampling_params)
 
 # %% ../../nbs/10d_llm_engine.ipynb #cfca984a
@@ -168,12 +215,17 @@ def _launch(self:LLMEngine, batch:ScheduledBatch) -> tuple[ScheduledBatch, StepH
     handle = self.runner.launch(batch)
     for seq, completes in zip(batch.seqs, batch.completes):
         if completes: seq.num_pending_tokens += 1
+    if batch.is_prefill:  # a request's first prefill: how much of its prompt the prefix cache held
+        for seq in batch.seqs:
+            request = self.requests[seq.seq_id][0]
+            if request.num_cached_tokens is None: request.num_cached_tokens = seq.num_cached_tokens
     return batch, handle
 
 @patch
 def _finish(self:LLMEngine, batch:ScheduledBatch, handle:StepHandle) -> list[RequestOutput]:
     "Read a launched step's tokens, postprocess them, and build the outputs of the requests that got one."
     tokens, sampler_output = handle.result()
+    for i, first, lps in handle.prompt_logprobs: self._record_prompt_logprobs(batch.seqs[i], first, lps)
     accepted = {seq.seq_id for seq in self.scheduler.postprocess(batch, tokens)}
     sampled = [seq for seq, token in zip(batch.seqs, tokens) if token is not None]  # the sampler's rows
     updated = {}
@@ -193,6 +245,7 @@ def _finish(self:LLMEngine, batch:ScheduledBatch, handle:StepHandle) -> list[Req
     for r in updated.values():
         if r.finished:
             for seq in r.seqs: del self.requests[seq.seq_id]
+            del self.live[r.request_id]
             self._num_history_seqs -= len(r.seqs) * _needs_history(r.seqs[0].sampling_params)
     s = self.stats
     s["num_steps"] += 1
@@ -205,14 +258,29 @@ def _logprobs(self:LLMEngine, out:SamplerOutput|None, seqs:list[Sequence]) -> li
     "Per sampled sequence, {token id: Logprob} for its token and the top-N alternatives; None where not asked."
     if out is None or out.logprobs is None: return [None] * len(seqs)
     ids, lps, ranks, top_ids, top_lps = (t.tolist() for t in (out.token_ids, out.logprobs, out.ranks, out.top_token_ids, out.top_logprobs))
-    result = []
-    for i, seq in enumerate(seqs):
-        n = seq.sampling_params.logprobs
-        if n is None: result.append(None); continue
-        entry = {t: Logprob(lp, rank) for rank, (t, lp) in enumerate(zip(top_ids[i][:n], top_lps[i][:n]), start=1)}
-        entry[ids[i]] = Logprob(lps[i], ranks[i])
-        result.append(entry)
-    return result
+    return [None if seq.sampling_params.logprobs is None else
+            self._logprob_entry(ids[i], lps[i], ranks[i], top_ids[i], top_lps[i], seq.sampling_params.logprobs, seq.sampling_params)
+            for i, seq in enumerate(seqs)]
+
+@patch
+def _logprob_entry(self:LLMEngine, token:int, logprob:float, rank:int, top_ids:list[int], top_lps:list[float], n:int,
+                   params:SamplingParams) -> dict[int, Logprob]:
+    "{token id: Logprob} for one position: the top n, likeliest first, and the actual token; with their text when there is text."
+    entry = {t: Logprob(lp, r) for r, (t, lp) in enumerate(zip(top_ids[:n], top_lps[:n]), start=1)}
+    entry[token] = Logprob(logprob, rank)
+    if self.tokenizer is not None and params.detokenize:
+        for t, lp in entry.items(): lp.decoded_token = self.tokenizer.decode([t], skip_special_tokens=False)
+    return entry
+
+@patch
+def _record_prompt_logprobs(self:LLMEngine, seq:Sequence, first:int, lps:dict):
+    "Append a prefill chunk's prompt logprobs to its request; positions already recorded (a recomputed prefix) are skipped."
+    if seq.seq_id not in self.requests: return  # aborted meanwhile
+    request, _ = self.requests[seq.seq_id]
+    recorded, n = request.prompt_logprobs, seq.sampling_params.prompt_logprobs
+    lp, rank, top_ids, top_lps = (lps[k].tolist() for k in ("logprobs", "ranks", "top_token_ids", "top_logprobs"))
+    for j in range(len(recorded) - first, len(lp)):  # entry j is prompt position first + j
+        recorded.append(self._logprob_entry(seq.token_ids[first + j], lp[j], rank[j], top_ids[j], top_lps[j], n, seq.sampling_params))
 
 @patch
 def get_stats(self:LLMEngine) -> dict:

@@ -5,7 +5,7 @@
 # %% ../../nbs/10b_runner.ipynb #1a1dff69
 from __future__ import annotations
 import itertools, math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 import numpy as np
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from .scheduler import ScheduledBatch
 from .cuda_graphs import DecodeGraphs
 from ..layers.fused import use_fused_kernels
 from ..layers.norm_linear import use_fused_norm_linear
-from ..sampling import SamplingBatch, SamplingParams, Sampler, SamplerOutput
+from ..sampling import SamplingBatch, SamplingParams, Sampler, SamplerOutput, compute_logprobs
 
 # %% auto #0
 __all__ = ['ModelRunner', 'StepBuffers', 'PreparedStep', 'StepHandle']
@@ -259,6 +259,7 @@ class StepHandle:
     completes: list[bool]
     output: SamplerOutput|None    # host tensors, filled by the device when `event` completes
     event: torch.cuda.Event|None = None
+    prompt_logprobs: list[tuple[int, int, dict[str, Tensor]]] = field(default_factory=list)  # see `_prompt_logprobs`
 
     def result(self) -> tuple[list[int|None], SamplerOutput|None]:
         if self.event is not None: self.event.synchronize()
@@ -284,15 +285,33 @@ def launch(self:ModelRunner, batch:ScheduledBatch) -> StepHandle:
         if step.graph_size is not None: hidden = self.graphs.replay(len(batch.seqs))
         else: hidden = self.model(step.input_ids, step.positions)
     finally: reset_context()
-    if not sampled: return StepHandle(batch.completes, None)
-    hidden = hidden[:step.num_sampled] if step.sample_rows is None else hidden.index_select(0, step.sample_rows)
-    out = self.sampler(self.model.compute_logits(hidden), sampling)
-    self.last_token.index_copy_(0, step.seq_rows, out.token_ids)  # the next step may read them here
-    if self.device.type != "cuda": return StepHandle(batch.completes, out)
-    out = replace(out, **{f.name: t.to("cpu", non_blocking=True) for f in fields(out) if (t := getattr(out, f.name)) is not None})
+    prompt_logprobs = self._prompt_logprobs(batch, hidden) if batch.is_prefill else []
+    out = None
+    if sampled:
+        rows = hidden[:step.num_sampled] if step.sample_rows is None else hidden.index_select(0, step.sample_rows)
+        out = self.sampler(self.model.compute_logits(rows), sampling)
+        self.last_token.index_copy_(0, step.seq_rows, out.token_ids)  # the next step may read them here
+    if self.device.type != "cuda" or (out is None and not prompt_logprobs): return StepHandle(batch.completes, out, None, prompt_logprobs)
+    to_host = lambda t: t.to("cpu", non_blocking=True)
+    if out is not None: out = replace(out, **{f.name: to_host(t) for f in fields(out) if (t := getattr(out, f.name)) is not None})
+    prompt_logprobs = [(i, first, {k: to_host(v) for k, v in d.items()}) for i, first, d in prompt_logprobs]
     event = torch.cuda.Event()
     event.record()
-    return StepHandle(batch.completes, out, event)
+    return StepHandle(batch.completes, out, event, prompt_logprobs)
+
+@patch
+def _prompt_logprobs(self:ModelRunner, batch:ScheduledBatch, hidden:Tensor, chunk:int=1024) -> list[tuple[int, int, dict[str, Tensor]]]:
+    "For each sequence of a prefill step that asks: (its index, first prompt position, logprobs of the prompt tokens its positions predict)."
+    result, row = [], 0
+    for i, (seq, start, n) in enumerate(zip(batch.seqs, batch.start_positions, batch.num_new_tokens)):
+        k, stop = seq.sampling_params.prompt_logprobs, min(start + n, seq.num_prompt_tokens - 1)  # p predicts token p + 1
+        if k is not None and stop > start:
+            targets = torch.tensor(seq.token_ids[start + 1:stop + 1], device=hidden.device)
+            pieces = [compute_logprobs(self.model.compute_logits(hidden[row + a:row + min(a + chunk, stop - start)]), targets[a:a + chunk], k)
+                      for a in range(0, stop - start, chunk)]
+            result.append((i, start + 1, {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}))
+        row += n
+    return result
 
 @patch
 def run(self:ModelRunner, batch:ScheduledBatch) -> tuple[list[int|None], SamplerOutput|None]:

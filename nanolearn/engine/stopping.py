@@ -14,11 +14,13 @@ __all__ = ['TextStream', 'StopChecker', 'output_text']
 # %% ../../nbs/07c_stopping.ipynb #0c815035
 class TextStream:
     "Incremental detokenizer: feed token ids, get back only the text that is new and complete."
-    def __init__(self, tokenizer, skip_special_tokens:bool=True):
+    def __init__(self, tokenizer, skip_special_tokens:bool=True, spaces_between_special_tokens:bool=True):
         self.tokenizer, self.skip_special_tokens, self.ids, self.text = tokenizer, skip_special_tokens, [], ""
+        # only slow (Python) tokenizers take this option; fast ones always join special tokens without spaces
+        self.decode_options = {} if spaces_between_special_tokens else dict(spaces_between_special_tokens=False)
         self.prefix_offset = self.read_offset = 0
 
-    def _decode(self, ids): return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
+    def _decode(self, ids): return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens, **self.decode_options)
 
     def push(self, token_id:int) -> str:
         "Add one token; return the text it completes (often all of its own, sometimes nothing yet)."
@@ -72,6 +74,6 @@ def output_text(seq:Sequence, tokenizer=None) -> str:
         if seq.is_finished or not sp.stop: return stream.text
         hold = max(map(len, sp.stop)) - 1
         return stream.text[:max(0, len(stream.text) - hold)]
-    if seq.is_finished and tokenizer is not None:
+    if seq.is_finished and tokenizer is not None and sp.detokenize:
         return tokenizer.decode(seq.completion_token_ids, skip_special_tokens=sp.skip_special_tokens)
     return ""
