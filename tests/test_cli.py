@@ -17,12 +17,8 @@ def smol():
 
 
 def hf_greedy(smol, prompt, max_new_tokens):
-    tokenizer, model = smol
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True)
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    out = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)[0, len(ids):]
-    return tokenizer.decode(out, skip_special_tokens=True)
+    "transformers' greedy reply to one user message."
+    return hf_chat_greedy(smol, [{"role": "user", "content": prompt}], max_new_tokens)
 
 
 def test_generates_what_transformers_generates(smol):
@@ -56,7 +52,7 @@ def test_bad_input_is_a_clear_error(args, message):
 
 def hf_chat_greedy(smol, messages, max_new_tokens):
     "transformers' greedy reply to a whole conversation (a list of {'role', 'content'})."
-    tokenizer, model = smol
+    tokenizer, _ = smol
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     return hf_generate(smol, list(ids), max_new_tokens)
