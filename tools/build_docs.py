@@ -152,6 +152,7 @@ def readme(proc: Path, root: Path, links: Links):
     for name, data in resources.get('outputs', {}).items():
         (figs/name).write_bytes(data)
         body = body.replace(f']({name})', f'](assets/readme/{name})')
+    body = body.replace('](../assets/', '](assets/')  # figures the notebooks show from assets/, seen from the root
     (root/'README.md').write_text(re.sub(r'\n{3,}', '\n\n', head + body).strip() + '\n')
 
 
