@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_config.ipynb #f89facaa
 from __future__ import annotations
-import argparse, difflib, functools, json, math
+import argparse, difflib, functools, json, math, os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import get_args, get_type_hints
@@ -17,7 +17,8 @@ from .models import load_config, default_dtype, head_dim
 
 # %% auto #0
 __all__ = ['VLLM_NO_EFFECT', 'VLLM_NOT_OFFERED', 'EngineArgs', 'check_device', 'check_vllm_args', 'accepts_vllm_args',
-           'add_engine_cli_args', 'resolve_dtype', 'eos_token_ids', 'load_tokenizer', 'EngineConfig']
+           'add_engine_cli_args', 'resolve_dtype', 'eos_token_ids', 'load_tokenizer', 'EngineConfig',
+           'check_tensor_parallel']
 
 # %% ../nbs/10_config.ipynb #808de528
 def check_device(device:str|None) -> str:
@@ -54,7 +55,7 @@ class EngineArgs:
     kv_cache_memory_bytes: int|None = None    # KV-cache budget in bytes (CPU default: 1 GiB)
     seed: int = 0                          # seed of the sampling of requests that set no seed of their own
     device: str|None = None                # cuda or cpu; default: cuda if available, else cpu
-    tensor_parallel_size: int = 1          # GPUs that split each layer (chapter 13)
+    tensor_parallel_size: int = 1          # processes (GPUs) that split each layer (chapter 13)
 
     def __post_init__(self):
         self.device = check_device(self.device)
@@ -66,8 +67,13 @@ class EngineArgs:
                   "kv_cache_memory_bytes": self.kv_cache_memory_bytes is None or self.kv_cache_memory_bytes > 0}
         for name, ok in checks.items():
             if not ok: raise ValueError(f"invalid engine argument {name}={getattr(self, name)!r}")
-        if self.tensor_parallel_size != 1:
-            raise NotImplementedError("tensor_parallel_size > 1 arrives with the tensor-parallelism chapter")
+        tp = self.tensor_parallel_size
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {tp!r}")
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", tp))  # under torchrun: the ranks on this machine
+        if tp > 1 and torch.device(self.device).type == "cuda" and local_ranks > torch.cuda.device_count():
+            raise ValueError(f"tensor_parallel_size={tp} needs one GPU per rank: {local_ranks} on this machine, "
+                             f"which has {torch.cuda.device_count()}")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EngineArgs:
@@ -256,6 +262,9 @@ class EngineConfig:
     def block_size(self) -> int: return self.args.block_size
 
     @property
+    def tensor_parallel_size(self) -> int: return self.args.tensor_parallel_size
+
+    @property
     def vocab_size(self) -> int: return self.hf_config.vocab_size
 
     @property
@@ -269,13 +278,26 @@ class EngineConfig:
         return 2 * self.num_layers * math.prod(self.kv_block_shape) * self.dtype.itemsize
 
 # %% ../nbs/10_config.ipynb #b823eb3e
+def check_tensor_parallel(hf_config:PretrainedConfig, tp:int):
+    "Refuse, before any process starts, a model whose heads or MLP do not split evenly over `tp` ranks."
+    sizes = dict(num_attention_heads=hf_config.num_attention_heads, num_key_value_heads=hf_config.num_key_value_heads,
+                 intermediate_size=hf_config.intermediate_size)
+    uneven = [f"{name}={n}" for name, n in sizes.items() if n % tp]
+    if uneven:
+        g = math.gcd(*sizes.values())
+        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's {', '.join(uneven)}; sizes that do: "
+                         f"{', '.join(str(d) for d in range(1, min(g, 64) + 1) if g % d == 0)}")
+
 @patch
 def create_engine_config(self:EngineArgs) -> EngineConfig:
     "Resolve the model, read its configuration and tokenizer once, and derive what the engine's parts need."
     model_path = resolve_model(self.model)
     hf_config = load_config(model_path)
     tokenizer = None if self.skip_tokenizer_init else load_tokenizer(self.tokenizer or model_path)
+    check_tensor_parallel(hf_config, self.tensor_parallel_size)
     device = torch.device(self.device)
+    if self.tensor_parallel_size > 1 and device.type == "cuda":  # rank r on GPU r of its machine (chapter 13)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     positions = hf_config.max_position_embeddings
     max_model_len = self.max_model_len or positions
     if max_model_len > positions:

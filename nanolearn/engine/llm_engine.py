@@ -15,6 +15,7 @@ from .scheduler import Scheduler
 from .stopping import StopChecker, TextStream, output_text
 from .scheduler import ScheduledBatch
 from .runner import ModelRunner, StepHandle
+from ..distributed import start_tensor_parallel
 from ..outputs import Logprob, CompletionOutput, RequestOutput, RequestMetrics
 from ..sampling import SamplingParams, SamplerOutput, RequestOutputKind
 
@@ -72,7 +73,7 @@ class LLMEngine:
     def __init__(self, args:EngineArgs):
         self.config = config = args.create_engine_config()
         self.tokenizer = config.tokenizer
-        self.runner = ModelRunner(config)
+        self.runner = ModelRunner(config, start_tensor_parallel(config) if config.tensor_parallel_size > 1 else None)  # chapter 13
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, args.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, args.max_num_batched_tokens,
                                    StopChecker(config.eos_token_ids, config.max_model_len))
@@ -89,6 +90,10 @@ class LLMEngine:
     def from_engine_args(cls, engine_args:EngineArgs) -> LLMEngine: return cls(engine_args)  # vLLM's constructor
 
     def get_num_unfinished_requests(self) -> int: return len(self.live)
+
+    def shutdown(self):
+        "Stop the engine's worker processes, if it has any (tensor parallelism, chapter 13); deleting the engine does too."
+        if self.runner.tp is not None: self.runner.tp.shutdown()
 
 # %% ../../nbs/10d_llm_engine.ipynb #a2e5032c
 @patch

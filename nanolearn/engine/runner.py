@@ -4,8 +4,9 @@
 
 # %% ../../nbs/10b_runner.ipynb #1a1dff69
 from __future__ import annotations
-import itertools, math
+import contextlib, itertools, math, time
 from dataclasses import dataclass, field, fields, replace
+from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor
@@ -22,16 +23,18 @@ from ..layers.norm_linear import use_fused_norm_linear
 from ..sampling import SamplingBatch, SamplingParams, Sampler, SamplerOutput, compute_logprobs
 
 # %% auto #0
-__all__ = ['ModelRunner', 'StepBuffers', 'PreparedStep', 'StepHandle']
+__all__ = ['ModelRunner', 'StepBuffers', 'StepSpec', 'PreparedStep', 'StepHandle']
 
 # %% ../../nbs/10b_runner.ipynb #f4d44c6f
 class ModelRunner:
     "Owns the weights, the KV cache and the per-step device tensors; runs one scheduled step."
-    def __init__(self, config:EngineConfig):
-        self.config, self.device = config, config.device
+    def __init__(self, config:EngineConfig,
+                 tp=None): # this rank's `TensorParallel` group (chapter 13); None: one device holds the whole model
+        self.config, self.device, self.tp = config, config.device, tp
         torch.manual_seed(config.args.seed)
         self._baseline = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0  # others' tensors
         self.model = get_model(config.model_path, config.device, config.dtype, config.hf_config)
+        if tp is not None: self.model.lm_head.gather_to = 0  # only rank 0 samples: the logit shards go to it alone
         if self.device.type == "cuda":
             use_fused_kernels(self.model)  # one Triton kernel per small op (chapter 11b)
             if config.fuse_norm_linear: use_fused_norm_linear(self.model)  # norm + projection in one kernel where it wins (chapter 12)
@@ -43,7 +46,7 @@ class ModelRunner:
         self.graphs = None if self.device.type != "cuda" or config.args.enforce_eager else DecodeGraphs(
             self.model, self.buffers, config.args.max_num_seqs, config.hf_config.hidden_size,
             config.dtype, self.device, self.backend)  # chapter 11
-        if self.device.type == "cuda": self.warm_up()
+        if self.device.type == "cuda" and (tp is None or tp.rank == 0): self.warm_up()  # the other ranks follow rank 0's steps
 
 @patch
 def num_kv_blocks(self:ModelRunner) -> int:
@@ -52,6 +55,7 @@ def num_kv_blocks(self:ModelRunner) -> int:
     if args.num_gpu_blocks_override: return args.num_gpu_blocks_override
     budget = self.profile_free_cuda_memory() if self.device.type == "cuda" else args.kv_cache_memory_bytes or 1 << 30
     num_blocks = int(budget // block_bytes)
+    if self.tp is not None: num_blocks = self.tp.agree_min(num_blocks)  # every rank's cache holds the same block ids
     if num_blocks < 1:
         raise RuntimeError(f"no memory left for the KV cache (budget {budget/2**20:.0f} MiB, one block needs {block_bytes/2**20:.1f} MiB)")
     return num_blocks
@@ -158,6 +162,19 @@ def _row(self:ModelRunner, seq:Sequence, batch_seqs:list[Sequence]) -> int:
 
 # %% ../../nbs/10b_runner.ipynb #81f9778b
 @dataclass
+class StepSpec:
+    "A step's shape beside the host rows `prepare` wrote: which rows of which buffers, and the attention context."
+    is_prefill: bool
+    sizes: dict[str, int|tuple[int, int]]  # buffer -> rows written (block_tables: (rows, width))
+    num_seqs: int                          # B: sequences in the step
+    num_rows: int                          # T new tokens (prefill), or S = B padded to its graph's size (decode)
+    num_sampled: int                       # sequences that complete: one sampled token each
+    max_seqlen_q: int = 0                  # prefill: the longest query and key run
+    max_seqlen_k: int = 0
+    graph_size: int|None = None            # decode: replayed from the graph of this batch size; None: run eagerly
+    num_pending: int = 0                   # decode: rows whose input token is still on the device
+
+@dataclass
 class PreparedStep:
     "A step's inputs in the runner's buffers (views), and how to sample it."
     input_ids: Tensor         # [T] (a decode step padded for its graph: [size])
@@ -166,6 +183,7 @@ class PreparedStep:
     sample_rows: Tensor|None  # [num_sampled] rows of the hidden states to sample; None: the first num_sampled rows
     seq_rows: Tensor          # [num_sampled] their rows in the runner's per-sequence state (`last_token`)
     graph_size: int|None = None  # a decode step replayed from the graph of this batch size; None: run eagerly
+    spec: StepSpec|None = None
 
 @patch
 def _host_twin(self:ModelRunner) -> tuple[StepBuffers, dict]:
@@ -189,18 +207,15 @@ def _upload(self:ModelRunner, host:StepBuffers, names_sizes:dict[str, int|tuple[
     event.record()
 
 @patch
-def _table_corner(self:ModelRunner, host:StepBuffers, h:dict, rows:np.ndarray, num_rows:int, width:int) -> tuple[int, int]:
-    "Write the sequences' block-table rows (then -1 rows up to num_rows): in place on a CPU, else contiguous for the copy."
+def _table_view(self:ModelRunner, host:StepBuffers, h:dict, rows:int, width:int) -> np.ndarray:
+    "The [rows, width] corner of the host block table a step fills: in place on a CPU, else contiguous for one copy."
     table = h["block_tables"]
-    corner = table[:num_rows, :width] if host is self.buffers else table.reshape(-1)[:num_rows * width].reshape(num_rows, width)
-    corner[:len(rows)] = self.tables[rows, :width]
-    corner[len(rows):] = -1
-    return num_rows, width
+    return table[:rows, :width] if host is self.buffers else table.reshape(-1)[:rows * width].reshape(rows, width)
 
 @patch
 def prepare(self:ModelRunner, batch:ScheduledBatch) -> PreparedStep:
-    "Write the step's inputs into the buffers, set its context, and say how to run and sample it."
-    seqs, bs, buf = batch.seqs, self.config.block_size, self.buffers
+    "Write the step's inputs into the host buffers, describe it (`StepSpec`), then `_apply` it."
+    seqs, bs = batch.seqs, self.config.block_size
     B = len(seqs)
     host, h = self._host_twin()
     rows = np.fromiter((self._row(s, seqs) for s in seqs), np.int64, B)
@@ -220,14 +235,11 @@ def prepare(self:ModelRunner, batch:ScheduledBatch) -> PreparedStep:
         h["sample_rows"][:len(sampled)] = cu_q[1:][sampled] - 1
         h["seq_rows"][:len(sampled)] = rows[sampled]
         width = max(len(s.block_table) for s in seqs)
-        self._upload(host, dict(input_ids=T, positions=T, slot_mapping=T, cu_seqlens_q=B + 1, cu_seqlens_k=B + 1,
-                                sample_rows=len(sampled), seq_rows=len(sampled),
-                                block_tables=self._table_corner(host, h, rows, B, width)))
-        set_context(is_prefill=True, cu_seqlens_q=buf.cu_seqlens_q[:B + 1], cu_seqlens_k=buf.cu_seqlens_k[:B + 1],
-                    max_seqlen_q=int(n.max()), max_seqlen_k=int((starts + n).max()), slot_mapping=buf.slot_mapping[:T],
-                    block_tables=buf.block_tables[:B, :width], backend=self.backend)
-        return PreparedStep(buf.input_ids[:T], buf.positions[:T], len(sampled), buf.sample_rows[:len(sampled)],
-                            buf.seq_rows[:len(sampled)])
+        self._table_view(host, h, B, width)[:] = self.tables[rows, :width]
+        spec = StepSpec(True, dict(input_ids=T, positions=T, slot_mapping=T, cu_seqlens_q=B + 1, cu_seqlens_k=B + 1,
+                                   sample_rows=len(sampled), seq_rows=len(sampled), block_tables=(B, width)),
+                        B, T, len(sampled), int(n.max()), int((starts + n).max()))
+        return self._apply(host, spec)
     size = self.graphs.padded_size(B) if self.graphs is not None else None
     S = size or B
     lens = np.fromiter((s.num_tokens + s.num_pending_tokens for s in seqs), np.int64, B)
@@ -242,15 +254,30 @@ def prepare(self:ModelRunner, batch:ScheduledBatch) -> PreparedStep:
     pending = np.flatnonzero(np.fromiter((s.num_pending_tokens for s in seqs), np.int64, B))
     h["pending"][:len(pending)] = pending
     width = -(-int(lens.max()) // bs)
-    self._upload(host, dict(input_ids=S, positions=S, slot_mapping=S, context_lens=S, seq_rows=B, pending=len(pending),
-                            block_tables=self._table_corner(host, h, rows, S, width)))
-    if len(pending) == B: torch.index_select(self.last_token, 0, buf.seq_rows[:B], out=buf.input_ids[:B])
-    elif len(pending):  # tokens still on the device replace what the host wrote
-        idx = buf.pending[:len(pending)]
+    corner = self._table_view(host, h, S, width)
+    corner[:B], corner[B:] = self.tables[rows, :width], -1
+    spec = StepSpec(False, dict(input_ids=S, positions=S, slot_mapping=S, context_lens=S, seq_rows=B, pending=len(pending),
+                                block_tables=(S, width)), B, S, B, graph_size=size, num_pending=len(pending))
+    return self._apply(host, spec)
+
+@patch
+def _apply(self:ModelRunner, host:StepBuffers, spec:StepSpec) -> PreparedStep:
+    "Upload the rows `spec` names, take pending input tokens from `last_token`, set the attention context."
+    buf, B, N, width = self.buffers, spec.num_seqs, spec.num_rows, spec.sizes["block_tables"][1]
+    self._upload(host, spec.sizes)
+    if spec.is_prefill:
+        set_context(is_prefill=True, cu_seqlens_q=buf.cu_seqlens_q[:B + 1], cu_seqlens_k=buf.cu_seqlens_k[:B + 1],
+                    max_seqlen_q=spec.max_seqlen_q, max_seqlen_k=spec.max_seqlen_k, slot_mapping=buf.slot_mapping[:N],
+                    block_tables=buf.block_tables[:B, :width], backend=self.backend)
+        k = spec.num_sampled
+        return PreparedStep(buf.input_ids[:N], buf.positions[:N], k, buf.sample_rows[:k], buf.seq_rows[:k], spec=spec)
+    if spec.num_pending == B: torch.index_select(self.last_token, 0, buf.seq_rows[:B], out=buf.input_ids[:B])
+    elif spec.num_pending:  # tokens still on the device replace what the host wrote
+        idx = buf.pending[:spec.num_pending]
         buf.input_ids.index_copy_(0, idx, self.last_token[buf.seq_rows.index_select(0, idx)])
-    set_context(is_prefill=False, slot_mapping=buf.slot_mapping[:S], context_lens=buf.context_lens[:S],
-                block_tables=buf.block_tables[:S, :width], backend=self.backend)
-    return PreparedStep(buf.input_ids[:S], buf.positions[:S], B, None, buf.seq_rows[:B], size)
+    set_context(is_prefill=False, slot_mapping=buf.slot_mapping[:N], context_lens=buf.context_lens[:N],
+                block_tables=buf.block_tables[:N, :width], backend=self.backend)
+    return PreparedStep(buf.input_ids[:N], buf.positions[:N], B, None, buf.seq_rows[:B], spec.graph_size, spec)
 
 # %% ../../nbs/10b_runner.ipynb #c109e4f6
 @dataclass
@@ -260,9 +287,12 @@ class StepHandle:
     output: SamplerOutput|None    # host tensors, filled by the device when `event` completes
     event: torch.cuda.Event|None = None
     prompt_logprobs: list[tuple[int, int, dict[str, Tensor]]] = field(default_factory=list)  # see `_prompt_logprobs`
+    watch: Callable[[], None]|None = None  # called while waiting; raises if the step can no longer finish (chapter 13)
 
     def result(self) -> tuple[list[int|None], SamplerOutput|None]:
-        if self.event is not None: self.event.synchronize()
+        if self.event is not None and self.watch is not None:
+            while not self.event.query(): self.watch(); time.sleep(20e-6)
+        elif self.event is not None: self.event.synchronize()
         tokens = [None] * len(self.completes)
         if self.output is None: return tokens, None
         token_ids = iter(self.output.token_ids.tolist())
@@ -274,43 +304,67 @@ class StepHandle:
 @torch.inference_mode()
 def launch(self:ModelRunner, batch:ScheduledBatch) -> StepHandle:
     "Queue one step on the device: prepare, run the model, sample. Returns at once."
-    step = self.prepare(batch)
-    sampled = [seq for seq, completes in zip(batch.seqs, batch.completes) if completes]
-    if sampled:
-        sampling = SamplingBatch.build([s.sampling_params for s in sampled], [s.token_ids for s in sampled],
-                                       [s.num_prompt_tokens for s in sampled], self.config.vocab_size, self.device,
-                                       self.config.eos_token_ids,
-                                       [s.num_completion_tokens + s.num_pending_tokens for s in sampled])
-    try:
-        if step.graph_size is not None: hidden = self.graphs.replay(len(batch.seqs))
-        else: hidden = self.model(step.input_ids, step.positions)
-    finally: reset_context()
-    prompt_logprobs = self._prompt_logprobs(batch, hidden) if batch.is_prefill else []
-    out = None
-    if sampled:
-        rows = hidden[:step.num_sampled] if step.sample_rows is None else hidden.index_select(0, step.sample_rows)
-        out = self.sampler(self.model.compute_logits(rows), sampling)
-        self.last_token.index_copy_(0, step.seq_rows, out.token_ids)  # the next step may read them here
+    with self.tp.step_guard() if self.tp is not None else contextlib.nullcontext():  # chapter 13: all ranks or none
+        step = self.prepare(batch)
+        plan = self._prompt_logprob_plan(batch) if batch.is_prefill else []
+        if self.tp is not None: self.tp.send_step(self, step, plan)  # the other ranks run the same step (chapter 13)
+        sampled = [seq for seq, completes in zip(batch.seqs, batch.completes) if completes]
+        if sampled:
+            sampling = SamplingBatch.build([s.sampling_params for s in sampled], [s.token_ids for s in sampled],
+                                           [s.num_prompt_tokens for s in sampled], self.config.vocab_size, self.device,
+                                           self.config.eos_token_ids,
+                                           [s.num_completion_tokens + s.num_pending_tokens for s in sampled])
+        hidden = self.forward(step)
+        prompt_logprobs = self._prompt_logprobs(plan, hidden)
+        out = None
+        if sampled:
+            out = self.sampler(self.compute_logits(step, hidden), sampling)
+            self.last_token.index_copy_(0, step.seq_rows, out.token_ids)  # the next step may read them here
+    watch = self.tp.check_alive if self.tp is not None else None
     if self.device.type != "cuda" or (out is None and not prompt_logprobs): return StepHandle(batch.completes, out, None, prompt_logprobs)
     to_host = lambda t: t.to("cpu", non_blocking=True)
     if out is not None: out = replace(out, **{f.name: to_host(t) for f in fields(out) if (t := getattr(out, f.name)) is not None})
     prompt_logprobs = [(i, first, {k: to_host(v) for k, v in d.items()}) for i, first, d in prompt_logprobs]
     event = torch.cuda.Event()
     event.record()
-    return StepHandle(batch.completes, out, event, prompt_logprobs)
+    return StepHandle(batch.completes, out, event, prompt_logprobs, watch)
 
 @patch
-def _prompt_logprobs(self:ModelRunner, batch:ScheduledBatch, hidden:Tensor, chunk:int=1024) -> list[tuple[int, int, dict[str, Tensor]]]:
-    "For each sequence of a prefill step that asks: (its index, first prompt position, logprobs of the prompt tokens its positions predict)."
-    result, row = [], 0
+def forward(self:ModelRunner, step:PreparedStep) -> Tensor:
+    "The step's final hidden states: replayed from a CUDA graph, or run eagerly."
+    try:
+        if step.graph_size is not None: return self.graphs.replay(step.spec.num_seqs)
+        return self.model(step.input_ids, step.positions)
+    finally: reset_context()
+
+@patch
+def compute_logits(self:ModelRunner, step:PreparedStep, hidden:Tensor) -> Tensor|None:
+    "Logits of the rows the step samples (None on a rank that does not sample, chapter 13)."
+    rows = hidden[:step.num_sampled] if step.sample_rows is None else hidden.index_select(0, step.sample_rows)
+    return self.model.compute_logits(rows)
+
+@patch
+def _prompt_logprob_plan(self:ModelRunner, batch:ScheduledBatch, chunk:int=1024) -> list[tuple]:
+    "For each sequence of a prefill step that asks for prompt logprobs: (index, first prompt position, row spans of at most chunk rows, target tokens, top-k)."
+    plan, row = [], 0
     for i, (seq, start, n) in enumerate(zip(batch.seqs, batch.start_positions, batch.num_new_tokens)):
-        k, stop = seq.sampling_params.prompt_logprobs, min(start + n, seq.num_prompt_tokens - 1)  # p predicts token p + 1
-        if k is not None and stop > start:
-            targets = torch.tensor(seq.token_ids[start + 1:stop + 1], device=hidden.device)
-            pieces = [compute_logprobs(self.model.compute_logits(hidden[row + a:row + min(a + chunk, stop - start)]), targets[a:a + chunk], k)
-                      for a in range(0, stop - start, chunk)]
-            result.append((i, start + 1, {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}))
+        stop = min(start + n, seq.num_prompt_tokens - 1)  # position p predicts token p + 1
+        if seq.sampling_params.prompt_logprobs is not None and stop > start:
+            spans = [(row + a, row + min(a + chunk, stop - start)) for a in range(0, stop - start, chunk)]
+            plan.append((i, start + 1, spans, seq.token_ids[start + 1:stop + 1], seq.sampling_params.prompt_logprobs))
         row += n
+    return plan
+
+@patch
+def _prompt_logprobs(self:ModelRunner, plan:list, hidden:Tensor) -> list[tuple[int, int, dict[str, Tensor]]]:
+    "Run `plan`: (sequence index, first prompt position, logprobs of the prompt tokens its positions predict)."
+    result = []
+    for i, first, spans, targets, k in plan:
+        targets, pieces, done = torch.tensor(targets, device=hidden.device), [], 0
+        for a, b in spans:
+            pieces.append(compute_logprobs(self.model.compute_logits(hidden[a:b]), targets[done:done + b - a], k))
+            done += b - a
+        result.append((i, first, {key: torch.cat([p[key] for p in pieces]) for key in pieces[0]}))
     return result
 
 @patch

@@ -65,10 +65,15 @@ class ParallelLMHead(VocabParallelEmbedding):
         "Logits of the token ids this rank holds, padding rows included."
         return F.linear(hidden, self.weight, self.bias)
 
-    def forward(self, hidden:Tensor) -> Tensor: # [N, embedding_dim] -> [N, num_embeddings]
+    gather_to: int|None = None  # None: every rank gets the logits (all-gather); a rank: only that one does (gather)
+
+    def forward(self, hidden:Tensor) -> Tensor|None: # [N, embedding_dim] -> [N, num_embeddings]; None on ranks not gathered to
         logits = self.partial_forward(hidden)
         if self.tp_size > 1:
-            shards = [torch.empty_like(logits) for _ in range(self.tp_size)]
-            dist.all_gather(shards, logits)
+            receives = self.gather_to is None or self.tp_rank == self.gather_to
+            shards = [torch.empty_like(logits) for _ in range(self.tp_size)] if receives else None
+            if self.gather_to is None: dist.all_gather(shards, logits)
+            else: dist.gather(logits, shards, dst=self.gather_to)
+            if not receives: return None
             logits = torch.cat(shards, dim=-1)
         return logits[..., :self.num_embeddings]  # drop the padding rows' logits
