@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_bench.ipynb #f63a55fa
 from __future__ import annotations
-import gc, hashlib, json, os, platform, random, re, subprocess, time
+import base64, gc, hashlib, json, os, pickle, platform, random, re, subprocess, sys, time
 from dataclasses import dataclass, asdict
 from datetime import datetime, timezone
 from importlib.metadata import version, PackageNotFoundError
@@ -12,17 +12,18 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PretrainedConfig, Qwen3Config
 import nanolearn
-from .config import EngineArgs
+from .config import EngineArgs, resolve_dtype
 from .hub import building_model_dir, cache_dir, model_dir_problems, resolve_model
 from .llm import LLM
-from .models import default_dtype, head_dim
+from .models import default_dtype, head_dim, load_config
 from .outputs import RequestOutput
 from .sampling import SamplingParams
 
 # %% auto #0
 __all__ = ['WORKLOAD_MAX_TOKEN_ID', 'Workload', 'reference_workload', 'ModelShape', 'qwen3_0_6b_config', 'roofline',
            'device_name', 'seconds_per_call', 'measure_device', 'random_model_dir', 'percentiles', 'latencies',
-           'run_workload', 'hf_generate', 'environment', 'run_bench', 'format_table', 'plot_bench', 'save_bench']
+           'run_workload', 'hf_generate', 'environment', 'run_bench', 'run_data_parallel', 'format_table', 'plot_bench',
+           'save_bench']
 
 # %% ../nbs/14_bench.ipynb #cca7eb78
 WORKLOAD_MAX_TOKEN_ID = 10_000  # prompts are random ids in [0, 10000]: any vocabulary of Qwen's or Llama's size holds them
@@ -237,6 +238,24 @@ def environment() -> dict:
                 cuda=torch.version.cuda, triton=_version("triton"), transformers=_version("transformers"))
 
 # %% ../nbs/14_bench.ipynb #d052ee4a
+def _engine_runs(model_dir:str, engine_args:dict, workload:Workload, before_run=None, use_tqdm:bool=True) -> tuple[dict, dict]:
+    "Build one engine and generate `workload` with it twice (cold, warm); `before_run(name)` is called before each."
+    start = time.perf_counter()
+    llm = LLM(model_dir, **engine_args)
+    config, runs = llm.engine.config, {}
+    info = dict(startup_seconds=time.perf_counter() - start, async_scheduling=config.async_scheduling,
+                fuse_norm_linear=config.fuse_norm_linear)
+    for name in ("cold", "warm"):
+        if before_run is not None: before_run(name)
+        runs[name] = run_workload(llm, workload, use_tqdm)
+    info["num_kv_blocks"] = llm.get_stats()["num_kv_blocks"]
+    if (tp := llm.engine.runner.tp) is not None:  # chapter 13: what one all-reduce of a decode step's activations costs
+        info["all_reduce_seconds"] = {rows: tp.time_all_reduce(llm.engine.runner, rows) for rows in (1, 64, 256)}
+    llm.llm_engine.shutdown()
+    del llm; gc.collect()
+    if config.device.type == "cuda": torch.cuda.empty_cache()  # transformers gets the memory the engine held
+    return runs, info
+
 def run_bench(model:str|None=None,           # a model directory or hub id; None: random weights of Qwen3-0.6B's shape
               num_seqs:int=256, min_len:int=100, max_len:int=1024, seed:int=0,  # the workload
               out_dir:str|os.PathLike|None="assets/bench",  # where the JSON record and the plot go; None: nowhere
@@ -244,42 +263,101 @@ def run_bench(model:str|None=None,           # a model directory or hub id; None
               hf_num_seqs:int|None=None,     # ...on the first this many sequences (default: all)
               hf_batch_size:int=128,         # ...this many at a time
               enforce_eager:bool=False, async_scheduling:bool|None=None, fuse_norm_linear:bool|None=None, gpu_memory_utilization:float=0.5, max_num_seqs:int=256,
-              max_num_batched_tokens:int=8192, device:str|None=None, use_tqdm:bool=True) -> dict:
+              max_num_batched_tokens:int=8192, device:str|None=None, use_tqdm:bool=True,
+              tensor_parallel_size:int=1,    # GPUs (CPU processes) that split one engine's layers (chapter 13)
+              data_parallel_size:int=1) -> dict: # independent engines, one per GPU (CPU process), sharing the workload
     "Benchmark the engine on the reference workload, cold then warm, against the roofline measured on this device."
     workload = reference_workload(num_seqs, min_len, max_len, seed)
     if hf and (hf_batch_size < 1 or (hf_num_seqs is not None and hf_num_seqs < 1)):
         raise ValueError(f"hf_batch_size and hf_num_seqs must be >= 1, got {hf_batch_size} and {hf_num_seqs}")
+    if data_parallel_size < 1 or data_parallel_size > num_seqs:
+        raise ValueError(f"data_parallel_size must be between 1 and num_seqs={num_seqs}, got {data_parallel_size}")
     engine_args = dict(skip_tokenizer_init=True, enable_prefix_caching=False, enforce_eager=enforce_eager,
                        async_scheduling=async_scheduling, fuse_norm_linear=fuse_norm_linear,
                        gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs,
-                       max_num_batched_tokens=max_num_batched_tokens, device=device)
+                       max_num_batched_tokens=max_num_batched_tokens, device=device, tensor_parallel_size=tensor_parallel_size)
     device = torch.device(EngineArgs.from_kwargs(**engine_args).device)  # checks the engine's arguments now
+    num_gpus = tensor_parallel_size * data_parallel_size
+    if device.type == "cuda" and num_gpus > torch.cuda.device_count():
+        raise ValueError(f"tensor_parallel_size × data_parallel_size = {num_gpus} GPUs; this machine has {torch.cuda.device_count()}")
     model_dir = resolve_model(model) if model else random_model_dir(qwen3_0_6b_config(), default_dtype(device), device)
+    hf_config, dtype = load_config(model_dir), resolve_dtype("auto", device)
     measured = measure_device(device)
-    start = time.perf_counter()
-    llm = LLM(str(model_dir), **engine_args)
-    startup_seconds, config = time.perf_counter() - start, llm.engine.config
-    shape = ModelShape.from_config(config.hf_config)
-    floor = roofline(shape, workload, measured["copy_bandwidth"], measured["matmul_flops"], config.dtype.itemsize)
-    runs = {name: run_workload(llm, workload, use_tqdm) for name in ("cold", "warm")}
+    if data_parallel_size == 1: runs, info = _engine_runs(str(model_dir), engine_args, workload, use_tqdm=use_tqdm)
+    else: runs, info = run_data_parallel(str(model_dir), engine_args, workload, data_parallel_size, device)
+    shape = ModelShape.from_config(hf_config)
+    # N GPUs read their parts of the weights and the cache at once: the floor of N devices side by side
+    floor = roofline(shape, workload, num_gpus * measured["copy_bandwidth"], num_gpus * measured["matmul_flops"], dtype.itemsize)
+    floor["num_devices"] = num_gpus
     for run in runs.values(): run["fraction_of_roofline"] = floor["floor_seconds"] / run["seconds"]
-    num_kv_blocks = llm.get_stats()["num_kv_blocks"]
-    del llm; gc.collect()
-    if device.type == "cuda": torch.cuda.empty_cache()  # transformers gets the memory the engine held
     hf_workload = Workload(workload.prompts[:hf_num_seqs], workload.output_lens[:hf_num_seqs])
     result = dict(
         device=measured, environment=environment(),
         model=dict(name="Qwen3-0.6B-random" if model is None else Path(str(model)).name,
-                   path=str(model_dir), random_weights=model is None, architecture=config.hf_config.architectures[0],
-                   dtype=str(config.dtype).removeprefix("torch."), shape=asdict(shape)),
-        engine=dict(engine_args, device=str(device), async_scheduling=config.async_scheduling, fuse_norm_linear=config.fuse_norm_linear,
-                    startup_seconds=startup_seconds, num_kv_blocks=num_kv_blocks),
+                   path=str(model_dir), random_weights=model is None, architecture=hf_config.architectures[0],
+                   dtype=str(dtype).removeprefix("torch."), shape=asdict(shape)),
+        engine=dict(engine_args, device=str(device), data_parallel_size=data_parallel_size, **info,
+                    all_reduces_per_step=2 * shape.layers + 1 if tensor_parallel_size > 1 else 0),
         workload=dict(num_seqs=num_seqs, min_len=min_len, max_len=max_len, seed=seed,
                       input_tokens=workload.input_tokens, output_tokens=workload.output_tokens),
         roofline=floor, runs=runs,
-        hf=hf_generate(model_dir, hf_workload, hf_batch_size, device, config.dtype) if hf else None)
+        hf=hf_generate(model_dir, hf_workload, hf_batch_size, device, dtype) if hf else None)
     if out_dir is not None: result["files"] = save_bench(result, out_dir)
     return result
+
+# %% ../nbs/14_bench.ipynb #c0898934
+def _dp_worker():
+    "One engine of a data-parallel benchmark: read its share of the workload on stdin, run it on GO, print the result."
+    status = os.fdopen(os.dup(1), "w")  # the pipe to the parent; anything else printed goes to stderr
+    os.dup2(2, 1)
+    model_dir, engine_args, prompts, output_lens = pickle.loads(base64.b64decode(sys.stdin.readline()))
+    def wait_for_go(name):
+        status.write(f"READY {name}\n"); status.flush()
+        if sys.stdin.readline().strip() != "GO": raise SystemExit("nanolearn bench: the parent went away")
+    runs, info = _engine_runs(model_dir, engine_args, Workload(prompts, output_lens), wait_for_go, use_tqdm=False)
+    status.write("RESULT " + json.dumps(dict(runs=runs, info=info)) + "\n"); status.flush()
+
+def _combine(runs:list[dict]) -> dict:
+    "Runs of engines that ran side by side, as one: the slowest one's time, every one's tokens, the worst latencies."
+    seconds, out = max(r["seconds"] for r in runs), sum(r["output_tokens"] for r in runs)
+    total = sum(r["total_tokens_per_second"] * r["seconds"] for r in runs)
+    worst = lambda key: None if any(r[key] is None for r in runs) else {q: max(r[key][q] for r in runs) for q in runs[0][key]}
+    peaks = [r["peak_memory_bytes"] for r in runs]
+    return dict(seconds=seconds, output_tokens=out, output_tokens_per_second=out / seconds, total_tokens_per_second=total / seconds,
+                ttft_seconds=worst("ttft_seconds"), tpot_seconds=worst("tpot_seconds"),
+                peak_memory_bytes=None if None in peaks else max(peaks), num_steps=sum(r["num_steps"] for r in runs),
+                num_preemptions=sum(r["num_preemptions"] for r in runs), engines=runs)
+
+def run_data_parallel(model_dir:str, engine_args:dict, workload:Workload, n:int, device:torch.device) -> tuple[dict, dict]:
+    "`n` engines in their own processes, one per GPU (CUDA) or a share of the cores (CPU), engine i running sequences i, i+n, ..."
+    gpus = (os.environ.get("CUDA_VISIBLE_DEVICES") or ",".join(map(str, range(torch.cuda.device_count())))).split(",")
+    procs = []
+    def expect(i, prefix):
+        while line := procs[i].stdout.readline():
+            if line.startswith(prefix): return line[len(prefix):].strip()
+        raise RuntimeError(f"data-parallel engine {i} exited (code {procs[i].wait()}) before it said {prefix!r}; see its errors above")
+    try:
+        for i in range(n):
+            env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[i]) if device.type == "cuda" else \
+                  dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // n)))
+            procs.append(subprocess.Popen([sys.executable, "-c", "from nanolearn.bench import _dp_worker; _dp_worker()"],
+                                          env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            shard = (workload.prompts[i::n], workload.output_lens[i::n])  # plain lists: the worker rebuilds the Workload
+            procs[i].stdin.write(base64.b64encode(pickle.dumps((model_dir, engine_args, *shard))).decode() + "\n")
+            procs[i].stdin.flush()
+        for name in ("cold", "warm"):
+            for i in range(n): expect(i, f"READY {name}")
+            for p in procs: p.stdin.write("GO\n"); p.stdin.flush()  # every engine starts the run together
+        results = [json.loads(expect(i, "RESULT ")) for i in range(n)]
+    except BaseException:
+        for p in procs: p.kill()
+        raise
+    finally:
+        for p in procs: p.wait()
+    runs = {name: _combine([r["runs"][name] for r in results]) for name in ("cold", "warm")}
+    infos = [r["info"] for r in results]
+    info = dict(infos[0], startup_seconds=max(i["startup_seconds"] for i in infos), num_kv_blocks=min(i["num_kv_blocks"] for i in infos))
+    return runs, info
 
 # %% ../nbs/14_bench.ipynb #1c071689
 def _rows(result:dict) -> list[tuple[str, dict]]:
@@ -294,11 +372,16 @@ def _three(p:dict|None, scale:float, digits:int) -> str:
 def format_table(result:dict) -> str:
     "The result for a terminal: what ran where, the roofline, and one row per run."
     d, m, w, r = result["device"], result["model"], result["workload"], result["roofline"]
-    lines = [f"{m['name']} ({m['architecture']}, {m['shape']['layers']} layers, {m['dtype']}) on {d['name']}",
+    e, n = result["engine"], r.get("num_devices", 1)
+    on = d["name"] if n == 1 else f"{n} × {d['name']} (tensor parallel {e.get('tensor_parallel_size', 1)}, data parallel {e.get('data_parallel_size', 1)})"
+    lines = [f"{m['name']} ({m['architecture']}, {m['shape']['layers']} layers, {m['dtype']}) on {on}",
              f"workload: {w['num_seqs']} sequences, {w['input_tokens']:,} prompt and {w['output_tokens']:,} output tokens "
              f"(lengths {w['min_len']}..{w['max_len']}, seed {w['seed']})",
              f"device: copy {d['copy_bandwidth'] / 1e12:.3g} TB/s, {d['matmul_dtype']} matmul {d['matmul_flops'] / 1e12:.3g} TFLOP/s"
-             f" -> roofline {r['floor_seconds']:.3g} s, {r['ceiling_tokens_per_second']:,.0f} output tok/s", "",
+             f" -> roofline {r['floor_seconds']:.3g} s, {r['ceiling_tokens_per_second']:,.0f} output tok/s"
+             + ("" if n == 1 else f" ({n} devices)"),
+             *([f"one all-reduce ({e['all_reduces_per_step']} per step): " + ", ".join(
+                 f"{rows} rows {t * 1e6:.1f} µs" for rows, t in e["all_reduce_seconds"].items())] if e.get("all_reduce_seconds") else []), "",
              f"{'run':<34}{'seconds':>8}{'output tok/s':>14}{'total tok/s':>13}{'roofline':>10}"
              f"{'TTFT p50/90/99 s':>20}{'TPOT p50/90/99 ms':>20}{'peak GiB':>10}"]
     for label, run in _rows(result):

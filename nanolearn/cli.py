@@ -219,6 +219,8 @@ def bench(argv=None):
                    help="fuse each RMSNorm into the projection after it where chapter 12's rule says it wins (default: on CUDA)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.5, help="fraction of GPU memory the engine may use")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs (CPU processes) that split one engine's layers")
+    p.add_argument("--data-parallel-size", "-dp", type=int, default=1, help="independent engines, one per GPU, sharing the workload")
     args = p.parse_args(argv)
     from nanolearn.bench import run_bench, format_table
     try:
@@ -227,7 +229,8 @@ def bench(argv=None):
         result = run_bench(args.model, args.num_seqs, args.min_len, args.max_len, args.seed, args.out, hf=args.hf,
                            hf_num_seqs=args.hf_num_seqs, hf_batch_size=args.hf_batch_size, enforce_eager=args.enforce_eager,
                            async_scheduling=args.async_scheduling, fuse_norm_linear=args.fuse_norm_linear,
-                           gpu_memory_utilization=args.gpu_memory_utilization, device=args.device)
+                           gpu_memory_utilization=args.gpu_memory_utilization, device=args.device,
+                           tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size)
     except (FileNotFoundError, ValueError) as e: sys.exit(f"nanolearn: {e}")
     print(format_table(result))
     files = result["files"]

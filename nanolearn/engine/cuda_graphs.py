@@ -47,13 +47,17 @@ class DecodeGraphs:
     @torch.inference_mode()
     def _capture(self):
         b, pool = self.buffers, None
+        # With tensor parallelism (chapter 13) the all-reduces are captured too, and NCCL's watchdog thread keeps
+        # querying events while we capture: "thread_local" lets other threads use CUDA during this thread's capture.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.capture_mode = "thread_local" if distributed and torch.distributed.get_world_size() > 1 else "global"
         b.input_ids.zero_(); b.positions.zero_(); b.slot_mapping.fill_(-1); b.context_lens.zero_()  # no writes, no reads
         for size in reversed(self.sizes):
             graph = torch.cuda.CUDAGraph()
             self._context(size)
             try:
                 self.hidden[:size] = self.model(b.input_ids[:size], b.positions[:size])  # warm up, compile
-                with torch.cuda.graph(graph, pool):
+                with torch.cuda.graph(graph, pool, capture_error_mode=self.capture_mode):
                     self.hidden[:size] = self.model(b.input_ids[:size], b.positions[:size])
             finally: reset_context()
             pool = pool or graph.pool()
