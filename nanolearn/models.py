@@ -19,8 +19,8 @@ from .layers.embed import VocabParallelEmbedding, ParallelLMHead
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'head_dim', 'DecoderAttention', 'MLP', 'DecoderLayer', 'CausalLM', 'LlamaForCausalLM',
-           'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'load_config', 'model_class', 'load_model', 'default_dtype',
-           'get_model', 'naive_generate']
+           'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'load_config', 'model_class', 'LazyTensor', 'load_model',
+           'default_dtype', 'get_model', 'naive_generate']
 
 # %% ../nbs/05_models.ipynb #a8d64fe7
 def head_dim(config:PretrainedConfig) -> int:
@@ -155,6 +155,13 @@ def model_class(config:PretrainedConfig) -> type[CausalLM]:
 # %% ../nbs/05_models.ipynb #77700118
 _IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # buffers some older checkpoints save; we compute them
 
+class LazyTensor:
+    "A checkpoint tensor not read yet: its `shape`, `narrow` that reads only that slice, `materialize` that reads it all."
+    def __init__(self, file_slice): self.slice, self.shape = file_slice, torch.Size(file_slice.get_shape())
+    def narrow(self, dim:int, start:int, length:int) -> Tensor:
+        return self.slice[(slice(None),) * dim + (slice(start, start + length),)]
+    def materialize(self) -> Tensor: return self.slice[:] if self.shape else self.slice[()]
+
 def load_model(model:CausalLM, path:str|os.PathLike) -> CausalLM:
     "Load the safetensors files of a Hugging Face directory into `model`, shard by shard."
     path = Path(path)
@@ -179,8 +186,9 @@ def load_model(model:CausalLM, path:str|os.PathLike) -> CausalLM:
                 if name not in params: unexpected.append(ckpt_name); continue
                 param = params[name]
                 loader = getattr(param, "weight_loader", default_weight_loader)  # norms have no sharding rule
-                if shard is None: loader(param, f.get_tensor(ckpt_name))
-                else: loader(param, f.get_tensor(ckpt_name), shard)
+                tensor = LazyTensor(f.get_slice(ckpt_name))  # a tensor-parallel rank reads only its part (chapter 13)
+                if shard is None: loader(param, tensor)
+                else: loader(param, tensor, shard)
                 loaded.add((name, shard))
     if unexpected: raise ValueError(f"checkpoint {path} has tensors this {type(model).__name__} does not: {sorted(unexpected)[:8]}")
     missing = sorted(f"{n}[{s}]" if s is not None else n for n, s in expected - loaded)

@@ -40,6 +40,7 @@ def default_weight_loader(param:Tensor, # destination: a parameter, or a slice o
     if param.shape != loaded_weight.shape:
         raise ValueError(f"shape mismatch: parameter has shape {tuple(param.shape)}, "
                          f"checkpoint tensor has shape {tuple(loaded_weight.shape)}")
+    if not isinstance(loaded_weight, Tensor): loaded_weight = loaded_weight.materialize()  # a lazy slice (chapter 05)
     param.data.copy_(loaded_weight)
 
 # %% ../../nbs/04_linear.ipynb #d883ef54
