@@ -9,7 +9,7 @@ import argparse, contextlib, os, sys
 # %% auto #0
 __all__ = ['COMMANDS', 'generation_parser', 'sampling_params', 'engine_kwargs', 'stdout_to_stderr', 'load_llm', 'emit',
            'write_completions', 'cli_errors', 'command', 'parse_args', 'read_prompt', 'main', 'complete', 'chat',
-           'download', 'bench']
+           'download', 'serve', 'bench']
 
 # %% ../nbs/10f_cli.ipynb #f3b90d7b
 def generation_parser(prog:str, description:str) -> argparse.ArgumentParser:
@@ -197,6 +197,12 @@ or give it as the model:
 (with the path you copied it to). The first run there converts it once into nanolearn's cache.""")
 
 # %% ../nbs/10f_cli.ipynb #2dc70a12
+@command("serve")
+def serve(argv=None):
+    "`nanolearn serve [MODEL]`: an OpenAI-compatible HTTP server on the engine (chapter 15)."
+    from nanolearn.server import main as serve_main
+    return serve_main(argv)
+
 @command("bench")
 def bench(argv=None):
     "`nanolearn bench`: the engine's throughput on the reference workload, cold and warm, against the roofline (chapter 14)."
