@@ -4,12 +4,13 @@
 
 # %% ../nbs/10f_cli.ipynb #a4294618
 from __future__ import annotations
-import argparse, contextlib, os, sys
+import argparse, contextlib, json, os, sys
+from pathlib import Path
 
 # %% auto #0
 __all__ = ['COMMANDS', 'generation_parser', 'sampling_params', 'engine_kwargs', 'stdout_to_stderr', 'load_llm', 'emit',
            'write_completions', 'cli_errors', 'command', 'parse_args', 'read_prompt', 'main', 'complete', 'chat',
-           'download', 'serve', 'bench']
+           'download', 'serve', 'bench_serve', 'bench']
 
 # %% ../nbs/10f_cli.ipynb #f3b90d7b
 def generation_parser(prog:str, description:str) -> argparse.ArgumentParser:
@@ -203,6 +204,17 @@ def serve(argv=None):
     from nanolearn.server import main as serve_main
     return serve_main(argv)
 
+def bench_serve(args):
+    "`nanolearn bench --serve URL`: the server's load test; the levels as a table, and a JSON record and plot in --out."
+    from nanolearn.server import run_serve_bench, plot_load
+    try: result = run_serve_bench(args.serve, args.concurrency, args.input_len, args.output_len, api_key=args.api_key)
+    except (OSError, ValueError, RuntimeError) as e: sys.exit(f"nanolearn: {e}")
+    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
+    (out/"serve_load.json").write_text(json.dumps(result, indent=1) + "\n")
+    try: plot_load(result, out/"serve_load.png", f"nanolearn serve, {result['model']}")
+    except ImportError: pass
+    print(json.dumps(result["levels"], indent=1))
+
 @command("bench")
 def bench(argv=None):
     "`nanolearn bench`: the engine's throughput on the reference workload, cold and warm, against the roofline (chapter 14)."
@@ -227,7 +239,14 @@ def bench(argv=None):
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1, help="GPUs (CPU processes) that split one engine's layers")
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1, help="independent engines, one per GPU, sharing the workload")
+    p.add_argument("--serve", metavar="URL", default=None,
+                   help="instead: load a running `nanolearn serve` at URL (chapter 15) with --concurrency clients")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256], help="with --serve: the levels of concurrent clients")
+    p.add_argument("--input-len", type=int, default=256, help="with --serve: prompt tokens per request")
+    p.add_argument("--output-len", type=int, default=128, help="with --serve: generated tokens per request")
+    p.add_argument("--api-key", default=None, help="with --serve: the server's API key")
     args = p.parse_args(argv)
+    if args.serve is not None: return bench_serve(args)
     from nanolearn.bench import run_bench, format_table
     try:
         from nanolearn.config import check_device
