@@ -211,3 +211,23 @@ def test_64_concurrent_streams(server, client):
     texts = asyncio.run(all_at_once())
     assert texts == want  # 64 clients at once: each streams the greedy text the batched request gave
     wait_idle(server)
+
+
+def test_a_thousand_requests_leave_nothing_behind(server):
+    "Many short requests, some abandoned mid-stream: afterwards nothing runs and the KV cache is empty."
+    async def one(http, i):
+        body = {"model": MODEL, "prompt": f"Item {i}:", "max_tokens": 1 if i % 10 else 50, "stream": i % 2 == 0}
+        if i % 10 == 0:  # every tenth streams and hangs up after its first event
+            async with http.stream("POST", "/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "): return
+        r = await http.post("/v1/completions", json=body)
+        assert r.status_code == 200
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {KEY}"}, timeout=300,
+                                     limits=httpx.Limits(max_connections=64)) as http:
+            for start in range(0, 1000, 100): await asyncio.gather(*(one(http, i) for i in range(start, start + 100)))
+
+    asyncio.run(run())
+    wait_idle(server)
