@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio, queue, threading, uuid, weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import fields
+from dataclasses import fields, replace
 from fastcore.basics import patch
 from ..config import EngineArgs
 from .llm_engine import LLMEngine
@@ -15,7 +15,7 @@ from ..outputs import RequestOutput
 from ..sampling import SamplingParams, RequestOutputKind
 
 # %% auto #0
-__all__ = ['AsyncLLMEngine', 'EngineDeadError', 'AsyncLLM']
+__all__ = ['AsyncLLMEngine', 'EngineDeadError', 'AsyncLLM', 'merge_delta']
 
 # %% ../../nbs/10g_async_llm.ipynb #7fc1dd02
 class EngineDeadError(RuntimeError):
@@ -202,6 +202,13 @@ class AsyncLLM:
 AsyncLLMEngine = AsyncLLM  # vLLM's other name for it
 
 # %% ../../nbs/10g_async_llm.ipynb #5feb9d6f
+def merge_delta(a:RequestOutput, b:RequestOutput) -> RequestOutput:
+    "Two consecutive DELTA outputs of one request as one: the later state, with the new tokens, text and logprobs of both."
+    outputs = [replace(y, text=x.text + y.text, token_ids=list(x.token_ids) + list(y.token_ids),
+                       logprobs=None if y.logprobs is None else list(x.logprobs or []) + list(y.logprobs))
+               for x, y in zip(a.outputs, b.outputs)]
+    return replace(b, outputs=outputs, prompt_logprobs=a.prompt_logprobs if a.prompt_logprobs is not None else b.prompt_logprobs)
+
 @patch
 async def generate(self:AsyncLLM, prompt, sampling_params:SamplingParams|None=None, request_id:str|None=None,
                    **kwargs) -> AsyncIterator[RequestOutput]:
@@ -209,9 +216,13 @@ async def generate(self:AsyncLLM, prompt, sampling_params:SamplingParams|None=No
     loop, outputs = asyncio.get_running_loop(), asyncio.Queue()
     stream = self._loop.open_stream(prompt, sampling_params, request_id, lambda item: loop.call_soon_threadsafe(outputs.put_nowait, item),
                                      **kwargs)
+    delta = getattr(sampling_params, "output_kind", None) == RequestOutputKind.DELTA  # (bad params: the engine says why)
     try:
         while not stream.finished:
             out = await outputs.get()
+            while not outputs.empty() and not isinstance(out, BaseException) and not out.finished:  # a slow reader:
+                later = outputs.get_nowait()                         # one output for everything that waited, as vLLM
+                out = later if isinstance(later, BaseException) or not delta else merge_delta(out, later)
             if isinstance(out, BaseException): raise out
             stream.finished = out.finished
             yield out
