@@ -30,10 +30,11 @@ def server():
     else: pytest.fail("the server did not start")
     yield url
     p.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn finishes, the engine thread stops
-    try: p.wait(timeout=30)
+    try: _, err = p.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         p.kill(); p.wait()
         pytest.fail("the server did not stop on Ctrl-C")
+    assert p.returncode in (0, 130) and "Traceback" not in err, err[-2000:]  # a clean stop, whichever way uvicorn reports it
 
 
 @pytest.fixture(scope="module")
