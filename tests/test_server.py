@@ -169,7 +169,8 @@ def test_disconnect_aborts_and_frees_blocks(server):
     wait_idle(server)
     body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": 900, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", f"{server}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:
-        for line in r.iter_lines():
+        lines = r.iter_lines()  # kept referenced: a dropped line iterator would close the response early
+        for line in lines:
             if line.startswith("data: "): break
         assert metric(server, "vllm:num_requests_running") == 1 and metric(server, "vllm:kv_cache_usage_perc") > 0, httpx.get(f"{server}/metrics").text[:3000]
     # the connection is closed: the request must stop long before its 900 tokens
