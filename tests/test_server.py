@@ -233,3 +233,14 @@ def test_a_thousand_requests_leave_nothing_behind(server):
 
     asyncio.run(run())
     wait_idle(server)
+
+
+def test_running_counts_requests_not_samples(server):
+    wait_idle(server)
+    body = {"model": MODEL, "prompt": "Two stories:", "n": 2, "max_tokens": 300, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "): break
+        assert metric(server, "vllm:num_requests_running") == 1  # one request of two samples
+    wait_idle(server)
